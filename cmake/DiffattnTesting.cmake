@@ -1,0 +1,18 @@
+# diffattn_add_test(<name> SOURCES <files...> [LABELS <labels...>] [TIMEOUT <s>] [LIBS <targets...>])
+# One doctest executable, registered with ctest under the same name. The shared doctest main
+# (tests/test_main.cpp) is linked in; pass --doctest options through ctest's -- args if needed.
+function(diffattn_add_test name)
+  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LABELS;LIBS" ${ARGN})
+  add_executable(${name} ${T_SOURCES})
+  target_link_libraries(${name} PRIVATE diffattn::diffattn diffattn_dev_flags diffattn_test_main ${T_LIBS})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  add_test(NAME ${name} COMMAND ${name})
+  if(T_LABELS)
+    set_tests_properties(${name} PROPERTIES LABELS "${T_LABELS}")
+  endif()
+  if(T_TIMEOUT)
+    set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT})
+  else()
+    set_tests_properties(${name} PROPERTIES TIMEOUT 600)
+  endif()
+endfunction()

@@ -1,0 +1,28 @@
+// diffattn/core/flops.hpp: the FLOP counts every throughput figure uses (SPEC.md).
+//
+// Forward, per diff head and visible (query, key) pair: the two Q_c K_c^T products cost
+// 2 * 2d and the two P_c V products 2 * (2 * 2d): 12 d in all, 12 N S d without a mask. Masked
+// pairs are not counted (causal with N = S is about half), whether a kernel computes them or not.
+// Backward, per pair: recompute Q_c K_c^T (4d), dP_c = dO_c V^T (8d), dV (8d), dQ_c (4d),
+// dK_c (4d): 28 d. Softmax, lambda and the norm are O(N d) and not counted.
+#pragma once
+
+#include <cstdint>
+
+#include "diffattn/core/config.hpp"
+#include "diffattn/core/mask.hpp"
+#include "diffattn/core/params.hpp"
+
+DIFFATTN_NAMESPACE_BEGIN
+
+inline double forward_flops(const Params& p) {
+  const double pairs = static_cast<double>(visible_pairs(make_row_mask(p), p.seqlen_q));
+  return 12.0 * static_cast<double>(p.head_dim) * pairs * static_cast<double>(p.batch * p.heads);
+}
+
+inline double backward_flops(const Params& p) {
+  const double pairs = static_cast<double>(visible_pairs(make_row_mask(p), p.seqlen_q));
+  return 28.0 * static_cast<double>(p.head_dim) * pairs * static_cast<double>(p.batch * p.heads);
+}
+
+DIFFATTN_NAMESPACE_END

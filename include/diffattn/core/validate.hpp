@@ -1,0 +1,392 @@
+// diffattn/core/validate.hpp: the one validation every entry point calls first.
+//
+// validate(params, caps) returns ok or a status whose message names the argument and the rule
+// it breaks. Entry points return that status before touching any output, so a rejected call
+// writes nothing. BackendCaps says what the calling backend can do (element types, head dims,
+// alignment, whether the lambda vectors can be read on the host).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "diffattn/core/config.hpp"
+#include "diffattn/core/dtype.hpp"
+#include "diffattn/core/params.hpp"
+#include "diffattn/core/status.hpp"
+
+DIFFATTN_NAMESPACE_BEGIN
+
+/// What a backend supports; validate() checks the params against it.
+struct BackendCaps {
+  const char* name = "reference";
+  unsigned dtype_mask = 0xF;         ///< bit (1 << int(DType)) set: that element type is accepted
+  std::int64_t head_dims[8] = {};    ///< accepted d; all zero: any d in [1, max_head_dim]
+  std::int64_t max_head_dim = 1024;
+  std::int64_t align_bytes = 0;      ///< q/k/v/out base pointers and row strides, in bytes
+                                     ///< (0: the element size)
+  bool host_readable = true;         ///< lambda vectors are host memory: check them for NaN
+
+  bool accepts_dtype(DType t) const {
+    const int i = static_cast<int>(t);
+    return i >= 0 && i < 4 && ((dtype_mask >> i) & 1u) != 0;
+  }
+  bool accepts_head_dim(std::int64_t d) const {
+    if (d < 1 || d > max_head_dim) return false;
+    bool any_listed = false;
+    for (std::int64_t h : head_dims) {
+      if (h != 0) any_listed = true;
+      if (h == d) return true;
+    }
+    return !any_listed;
+  }
+};
+
+namespace detail {
+
+// Checked int64 arithmetic: false on overflow.
+inline bool mul_ok(std::int64_t a, std::int64_t b, std::int64_t* r) {
+  return !__builtin_mul_overflow(a, b, r);
+}
+inline bool add_ok(std::int64_t a, std::int64_t b, std::int64_t* r) {
+  return !__builtin_add_overflow(a, b, r);
+}
+
+/// One strided tensor as validation sees it: dims (b, t, h) with sizes and strides in
+/// elements, `channels` contiguous elements of `elem` bytes each.
+struct Layout {
+  const char* name = "";
+  std::uintptr_t addr = 0;
+  std::int64_t size[3] = {1, 1, 1};
+  std::int64_t stride[3] = {0, 0, 0};
+  std::int64_t channels = 1;
+  std::int64_t elem = 1;
+  bool output = false;
+  // filled by extent(): byte range [lo, hi) covered
+  std::uintptr_t lo = 0, hi = 0;
+};
+
+inline std::string msg_join(std::ostringstream& os) { return os.str(); }
+
+/// Byte extent of the tensor; false (with message) on negative strides or int64 overflow.
+inline Status extent(Layout& L) {
+  std::int64_t last = L.channels - 1;  // element offset of the last element
+  for (int k = 0; k < 3; ++k) {
+    if (L.stride[k] < 0) {
+      return Status::Invalid(std::string(L.name) + ": strides must be >= 0 (got " +
+                             std::to_string(L.stride[k]) + ")");
+    }
+    std::int64_t t;
+    if (!mul_ok(L.size[k] - 1, L.stride[k], &t) || !add_ok(last, t, &last)) {
+      return Status::Invalid(std::string(L.name) + ": sizes times strides overflow int64");
+    }
+  }
+  std::int64_t bytes;
+  if (!add_ok(last, 1, &bytes) || !mul_ok(bytes, L.elem, &bytes) ||
+      static_cast<std::uint64_t>(bytes) > UINTPTR_MAX - L.addr) {
+    return Status::Invalid(std::string(L.name) + ": byte offsets overflow int64");
+  }
+  L.lo = L.addr;
+  L.hi = L.addr + static_cast<std::uintptr_t>(bytes);
+  return Status::Ok();
+}
+
+/// Dims of size > 1 sorted by stride; true if no two elements share an address (each stride
+/// covers the whole extent of the dims inside it). Also returns the smallest such stride.
+inline bool non_self_overlapping(const Layout& L, std::int64_t* min_stride) {
+  std::int64_t st[3], sz[3];
+  int n = 0;
+  for (int k = 0; k < 3; ++k)
+    if (L.size[k] > 1) { st[n] = L.stride[k]; sz[n] = L.size[k]; ++n; }
+  for (int a = 0; a < n; ++a)  // tiny insertion sort by stride
+    for (int b = a + 1; b < n; ++b)
+      if (st[b] < st[a]) { std::swap(st[a], st[b]); std::swap(sz[a], sz[b]); }
+  std::int64_t inner = L.channels;  // extent (in elements) of everything inside this dim
+  *min_stride = n > 0 ? st[0] : INT64_MAX;
+  for (int a = 0; a < n; ++a) {
+    if (st[a] < inner) return false;
+    std::int64_t t;
+    if (!mul_ok(st[a], sz[a], &t)) return true;  // extent beyond int64: checked by extent()
+    inner = t;
+  }
+  return true;
+}
+
+/// True if the two tensors may share a byte. Exact for the common case of equal shapes and
+/// strides (e.g. dq1 and dq2 interleaved in the official layout: disjoint when the offset
+/// between them is at least `channels` and at most min_stride - channels); conservative
+/// (byte ranges intersect) otherwise.
+inline bool may_overlap(const Layout& a, const Layout& b) {
+  if (a.hi <= b.lo || b.hi <= a.lo) return false;
+  bool same = a.elem == b.elem && a.channels == b.channels;
+  for (int k = 0; k < 3 && same; ++k)
+    same = a.size[k] == b.size[k] && (a.size[k] == 1 || a.stride[k] == b.stride[k]);
+  if (!same) return true;
+  const std::int64_t delta_bytes = static_cast<std::int64_t>(b.addr) - static_cast<std::int64_t>(a.addr);
+  if (delta_bytes % a.elem != 0) return true;
+  const std::int64_t delta = delta_bytes < 0 ? -delta_bytes / a.elem : delta_bytes / a.elem;
+  std::int64_t min_stride;
+  if (!non_self_overlapping(a, &min_stride)) return true;
+  return !(delta >= a.channels && delta <= min_stride - a.channels);
+}
+
+inline Status check_layouts(std::vector<Layout>& all) {
+  for (Layout& L : all) {
+    Status s = extent(L);
+    if (!s.ok()) return s;
+  }
+  for (const Layout& L : all) {
+    std::int64_t ms;
+    if (L.output && !non_self_overlapping(L, &ms)) {
+      return Status::Invalid(std::string(L.name) +
+                             ": strides make elements of this output overlap each other");
+    }
+  }
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    for (std::size_t j = 0; j < all.size(); ++j) {
+      if (i == j || !all[i].output || (all[j].output && j < i)) continue;
+      if (may_overlap(all[i], all[j])) {
+        return Status::Invalid(std::string(all[i].name) + " overlaps " +
+                               (all[j].output ? "output " : "input ") + all[j].name +
+                               ": outputs must not share memory with inputs or other outputs");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+inline bool has_nan_or_inf(const void* p, std::int64_t n, bool is_double) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double x = is_double ? static_cast<const double*>(p)[i] : static_cast<const float*>(p)[i];
+    if (!std::isfinite(x)) return true;
+  }
+  return false;
+}
+
+/// Checks one strided tensor (null, alignment, strides) and records its layout.
+inline Status add_tensor(std::vector<Layout>& layouts, const BackendCaps& caps, DType dtype,
+                         std::int64_t batch, const char* name, const void* ptr, std::int64_t sb,
+                         std::int64_t st, std::int64_t sh, std::int64_t T, std::int64_t heads,
+                         std::int64_t ch, bool output) {
+  const std::int64_t esz = static_cast<std::int64_t>(dtype_size(dtype));
+  const std::int64_t align = caps.align_bytes > 0 ? caps.align_bytes : esz;
+  if (ptr == nullptr) return Status::Invalid(std::string(name) + " is null");
+  if (reinterpret_cast<std::uintptr_t>(ptr) % align != 0)
+    return Status::Invalid(std::string(name) + " is not aligned to " + std::to_string(align) +
+                           " bytes as the " + caps.name + " backend needs");
+  for (std::int64_t s2 : {sb, st, sh}) {
+    std::int64_t bytes;
+    if (s2 < 0)
+      return Status::Invalid(std::string(name) + ": strides must be >= 0 (got " + std::to_string(s2) + ")");
+    if (mul_ok(s2, esz, &bytes) && bytes % align != 0)
+      return Status::Invalid(std::string(name) + ": strides must be multiples of " +
+                             std::to_string(align / esz) + " elements (" + std::to_string(align) +
+                             " bytes) for the " + caps.name + " backend");
+  }
+  Layout L;
+  L.name = name;
+  L.addr = reinterpret_cast<std::uintptr_t>(ptr);
+  L.size[0] = batch; L.size[1] = T; L.size[2] = heads;
+  L.stride[0] = sb; L.stride[1] = st; L.stride[2] = sh;
+  L.channels = ch;
+  L.elem = esz;
+  L.output = output;
+  layouts.push_back(L);
+  return Status::Ok();
+}
+
+/// Records a contiguous side vector (fp32/f64) when present.
+inline void add_side(std::vector<Layout>& layouts, const char* name, const void* ptr,
+                     std::int64_t n, std::int64_t elem, bool output) {
+  if (ptr == nullptr) return;
+  Layout L;
+  L.name = name;
+  L.addr = reinterpret_cast<std::uintptr_t>(ptr);
+  L.channels = n;
+  L.elem = elem;
+  L.output = output;
+  layouts.push_back(L);
+}
+
+/// Shared by forward and backward: sizes, options, inputs; collects layouts of the inputs and
+/// of the forward outputs (when `with_forward_outputs`) for the overlap checks.
+inline Status validate_common(const Params& p, const BackendCaps& caps, bool with_forward_outputs,
+                              std::vector<Layout>& layouts) {
+  auto bad = [](const std::string& m) { return Status::Invalid(m); };
+  auto sz = [&](const char* name, std::int64_t v) -> Status {
+    if (v <= 0) return bad(std::string(name) + " must be > 0 (got " + std::to_string(v) + ")");
+    return Status::Ok();
+  };
+  Status s;
+  if (!(s = sz("batch", p.batch)).ok()) return s;
+  if (!(s = sz("seqlen_q", p.seqlen_q)).ok()) return s;
+  if (!(s = sz("seqlen_k", p.seqlen_k)).ok()) return s;
+  if (!(s = sz("heads", p.heads)).ok()) return s;
+  if (!(s = sz("kv_heads", p.kv_heads)).ok()) return s;
+  if (!(s = sz("head_dim", p.head_dim)).ok()) return s;
+  if (p.heads % p.kv_heads != 0) {
+    return bad("heads must be a multiple of kv_heads (heads = " + std::to_string(p.heads) +
+               ", kv_heads = " + std::to_string(p.kv_heads) + ")");
+  }
+  const int dt = static_cast<int>(p.dtype);
+  if (dt < 0 || dt > 3) return bad("dtype: unknown element type " + std::to_string(dt));
+  if (!caps.accepts_dtype(p.dtype)) {
+    return Status::Unsupported(std::string("dtype: the ") + caps.name + " backend does not support " +
+                               dtype_name(p.dtype));
+  }
+  if (!caps.accepts_head_dim(p.head_dim)) {
+    std::string list;
+    for (std::int64_t h : caps.head_dims)
+      if (h) list += (list.empty() ? "" : ", ") + std::to_string(h);
+    if (list.empty()) list = "1.." + std::to_string(caps.max_head_dim);
+    return Status::Unsupported("head_dim: the " + std::string(caps.name) +
+                               " backend does not support d = " + std::to_string(p.head_dim) +
+                               " (supported: " + list + ")");
+  }
+  if (!std::isfinite(p.softmax_scale) || p.softmax_scale < 0) {
+    return bad("softmax_scale must be finite and > 0 (0 selects 1/sqrt(head_dim))");
+  }
+
+  // mask
+  const MaskParams& m = p.mask;
+  switch (m.kind) {
+    case MaskKind::none:
+      if (m.window_left != -1 || m.window_right != -1)
+        return bad("mask: window_left/window_right are set but mask.kind is none (use MaskKind::window)");
+      break;
+    case MaskKind::causal:
+      if (m.window_left != -1 || (m.window_right != -1 && m.window_right != 0))
+        return bad("mask: causal contradicts window_left/window_right (causal is window (-1, 0); "
+                   "use MaskKind::window for a local causal window)");
+      break;
+    case MaskKind::window:
+      if (m.window_left < -1 || m.window_right < -1)
+        return bad("mask: window_left and window_right must be >= 0, or -1 for unbounded");
+      if (m.window_left == -1 && m.window_right == -1)
+        return bad("mask: a window with both sides unbounded is no mask (use MaskKind::none)");
+      break;
+    default:
+      return bad("mask.kind: unknown mask kind " + std::to_string(static_cast<int>(m.kind)));
+  }
+
+  // lambda
+  const LambdaParams& l = p.lambda;
+  if (!std::isfinite(l.lambda_init)) return bad("lambda.lambda_init must be finite");
+  const char* lnames[4] = {"lambda.lq1", "lambda.lk1", "lambda.lq2", "lambda.lk2"};
+  const void* lptrs[4] = {l.lq1, l.lk1, l.lq2, l.lk2};
+  const bool dbl = p.dtype == DType::f64;
+  const std::int64_t pelem = dbl ? 8 : 4;
+  const std::int64_t lam_len = (l.per_head ? p.heads : 1) * p.head_dim;
+  for (int i = 0; i < 4; ++i) {
+    if (lptrs[i] == nullptr) return bad(std::string(lnames[i]) + " is null");
+    if (reinterpret_cast<std::uintptr_t>(lptrs[i]) % pelem != 0)
+      return bad(std::string(lnames[i]) + " is not aligned to its element size");
+    if (caps.host_readable && has_nan_or_inf(lptrs[i], lam_len, dbl))
+      return bad(std::string(lnames[i]) + " contains NaN or infinity");
+  }
+
+  // norm
+  const NormParams& nm = p.norm;
+  if (nm.kind != NormKind::none && nm.kind != NormKind::rms && nm.kind != NormKind::group)
+    return bad("norm.kind: unknown norm kind " + std::to_string(static_cast<int>(nm.kind)));
+  if (nm.kind != NormKind::none && !(nm.eps > 0 && std::isfinite(nm.eps)))
+    return bad("norm.eps must be finite and > 0");
+  if (nm.kind == NormKind::none && (nm.gamma || nm.beta))
+    return bad("norm.gamma/norm.beta are set but norm.kind is none");
+  if (nm.kind == NormKind::rms && nm.beta)
+    return bad("norm.beta: only NormKind::group has a bias");
+  for (const void* w : {nm.gamma, nm.beta})
+    if (w && reinterpret_cast<std::uintptr_t>(w) % pelem != 0)
+      return bad(std::string(w == nm.gamma ? "norm.gamma" : "norm.beta") +
+                 " is not aligned to its element size");
+  if (caps.host_readable) {
+    if (nm.gamma && has_nan_or_inf(nm.gamma, 2 * p.head_dim, dbl)) return bad("norm.gamma contains NaN or infinity");
+    if (nm.beta && has_nan_or_inf(nm.beta, 2 * p.head_dim, dbl)) return bad("norm.beta contains NaN or infinity");
+  }
+
+  // main tensors
+  const std::int64_t N = p.seqlen_q, S = p.seqlen_k, H = p.heads, G = p.kv_heads, d = p.head_dim;
+  auto in = [&](const char* n, const ConstTensorRef& t, std::int64_t T, std::int64_t hh, std::int64_t ch) {
+    return add_tensor(layouts, caps, p.dtype, p.batch, n, t.ptr, t.stride_b, t.stride_t, t.stride_h, T, hh, ch, false);
+  };
+  if (!(s = in("q1", p.q1, N, H, d)).ok()) return s;
+  if (!(s = in("q2", p.q2, N, H, d)).ok()) return s;
+  if (!(s = in("k1", p.k1, S, G, d)).ok()) return s;
+  if (!(s = in("k2", p.k2, S, G, d)).ok()) return s;
+  if (!(s = in("v", p.v, S, G, 2 * d)).ok()) return s;
+  if (with_forward_outputs) {
+    if (!(s = add_tensor(layouts, caps, p.dtype, p.batch, "out", p.out.ptr, p.out.stride_b, p.out.stride_t, p.out.stride_h, N, H, 2 * d, true)).ok())
+      return s;
+  }
+  // side inputs as contiguous vectors (they may alias each other; outputs may not touch them)
+  for (int i = 0; i < 4; ++i) add_side(layouts, lnames[i], lptrs[i], lam_len, pelem, false);
+  add_side(layouts, "norm.gamma", nm.gamma, 2 * d, pelem, false);
+  add_side(layouts, "norm.beta", nm.beta, 2 * d, pelem, false);
+  if (with_forward_outputs) {
+    std::int64_t rows, elems;
+    if (!mul_ok(p.batch, H, &rows) || !mul_ok(rows, N, &rows) || !mul_ok(rows, 2 * d, &elems))
+      return bad("batch * heads * seqlen_q * 2 * head_dim overflows int64");
+    const ForwardExtras& x = p.extras;
+    const char* xn[6] = {"extras.lse1", "extras.lse2", "extras.attn", "extras.o2", "extras.rstd", "extras.mean"};
+    void* xp[6] = {x.lse1, x.lse2, x.attn, x.o2, x.rstd, x.mean};
+    for (int i = 0; i < 6; ++i) {
+      if (xp[i] && reinterpret_cast<std::uintptr_t>(xp[i]) % pelem != 0)
+        return bad(std::string(xn[i]) + " is not aligned to its element size");
+      add_side(layouts, xn[i], xp[i], (i == 2 || i == 3) ? elems : rows, pelem, true);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace detail
+
+/// Checks a forward call. Ok, or a status naming the argument and the rule it breaks.
+inline Status validate(const Params& p, const BackendCaps& caps = {}) {
+  std::vector<detail::Layout> layouts;
+  layouts.reserve(16);
+  Status s = detail::validate_common(p, caps, /*with_forward_outputs=*/true, layouts);
+  if (!s.ok()) return s;
+  return detail::check_layouts(layouts);
+}
+
+/// Checks a backward call: the forward's inputs, dout, and every gradient output.
+inline Status validate(const BackwardParams& bp, const BackendCaps& caps = {}) {
+  std::vector<detail::Layout> layouts;
+  layouts.reserve(20);
+  const Params& p = bp.fwd;
+  Status s = detail::validate_common(p, caps, /*with_forward_outputs=*/false, layouts);
+  if (!s.ok()) return s;
+  const std::int64_t pelem = p.dtype == DType::f64 ? 8 : 4;
+  const std::int64_t N = p.seqlen_q, S = p.seqlen_k, H = p.heads, G = p.kv_heads, d = p.head_dim;
+  auto tensor = [&](const char* name, const auto& t, std::int64_t T, std::int64_t heads,
+                    std::int64_t ch, bool output) {
+    return detail::add_tensor(layouts, caps, p.dtype, p.batch, name, t.ptr, t.stride_b, t.stride_t,
+                              t.stride_h, T, heads, ch, output);
+  };
+  const Gradients& g = bp.grad;
+  if (!(s = tensor("dout", bp.dout, N, H, 2 * d, false)).ok()) return s;
+  if (!(s = tensor("grad.dq1", g.dq1, N, H, d, true)).ok()) return s;
+  if (!(s = tensor("grad.dq2", g.dq2, N, H, d, true)).ok()) return s;
+  if (!(s = tensor("grad.dk1", g.dk1, S, G, d, true)).ok()) return s;
+  if (!(s = tensor("grad.dk2", g.dk2, S, G, d, true)).ok()) return s;
+  if (!(s = tensor("grad.dv", g.dv, S, G, 2 * d, true)).ok()) return s;
+  const std::int64_t lam_len = (p.lambda.per_head ? H : 1) * d;
+  const char* names[6] = {"grad.dlq1", "grad.dlk1", "grad.dlq2", "grad.dlk2", "grad.dgamma", "grad.dbeta"};
+  void* ptrs[6] = {g.dlq1, g.dlk1, g.dlq2, g.dlk2, g.dgamma, g.dbeta};
+  const bool needed[6] = {true, true, true, true, p.norm.gamma != nullptr, p.norm.beta != nullptr};
+  for (int i = 0; i < 6; ++i) {
+    if (needed[i] && ptrs[i] == nullptr)
+      return Status::Invalid(std::string(names[i]) + " is null" +
+                             (i >= 4 ? std::string(" but the norm has that weight") : std::string()));
+    if (ptrs[i] == nullptr) continue;
+    if (reinterpret_cast<std::uintptr_t>(ptrs[i]) % pelem != 0)
+      return Status::Invalid(std::string(names[i]) + " is not aligned to its element size");
+    detail::add_side(layouts, names[i], ptrs[i], i < 4 ? lam_len : 2 * d, pelem, true);
+  }
+  return detail::check_layouts(layouts);
+}
+
+DIFFATTN_NAMESPACE_END

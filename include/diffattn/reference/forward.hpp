@@ -1,0 +1,72 @@
+// diffattn/reference/forward.hpp: the naive forward. Slow, obvious, trusted.
+//
+//   Status s = diffattn::reference::forward<double>(params);   // accumulate in double
+//
+// Materialises the [N, S] scores of each (batch, diff head) with Eigen, in precision Acc
+// (float or double; double for checking other backends), for f32, f16, bf16 and f64 elements.
+// Writes out and every extra requested in params.extras. Single-threaded.
+#pragma once
+
+#include <cstdint>
+
+#include "diffattn/core/params.hpp"
+#include "diffattn/core/status.hpp"
+#include "diffattn/core/validate.hpp"
+#include "diffattn/reference/head.hpp"
+
+DIFFATTN_NAMESPACE_BEGIN
+namespace reference {
+
+/// What the reference accepts: every element type, any head dim up to 1024, host memory.
+inline BackendCaps caps() {
+  BackendCaps c;
+  c.name = "reference";
+  c.dtype_mask = 0xF;
+  c.max_head_dim = 1024;
+  c.host_readable = true;
+  return c;
+}
+
+namespace detail {
+
+template <class Elem, class Acc>
+void forward_impl(const Params& p) {
+  using P = param_t<Elem>;
+  const std::int64_t N = p.seqlen_q, H = p.heads, dv = 2 * p.head_dim;
+  const Acc out_scale = static_cast<Acc>(p.out_scale());
+  const ForwardExtras& x = p.extras;
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    for (std::int64_t h = 0; h < H; ++h) {
+      const HeadForward<Acc> f = head_forward<Elem, Acc>(p, b, h);
+      store_head<Elem>(p.out, b, h, Mat<Acc>(out_scale * f.y));
+      const std::int64_t row0 = (b * H + h) * N;  // first row of this head in [B, H, N]
+      for (std::int64_t i = 0; i < N; ++i) {
+        if (x.lse1) static_cast<P*>(x.lse1)[row0 + i] = static_cast<P>(f.lse1(i));
+        if (x.lse2) static_cast<P*>(x.lse2)[row0 + i] = static_cast<P>(f.lse2(i));
+        if (x.rstd) static_cast<P*>(x.rstd)[row0 + i] = static_cast<P>(f.rstd(i));
+        if (x.mean) static_cast<P*>(x.mean)[row0 + i] = static_cast<P>(f.mean(i));
+        for (std::int64_t c = 0; c < dv; ++c) {
+          if (x.attn) static_cast<P*>(x.attn)[(row0 + i) * dv + c] = static_cast<P>(f.a(i, c));
+          if (x.o2) static_cast<P*>(x.o2)[(row0 + i) * dv + c] = static_cast<P>(f.o2(i, c));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
+/// The reference forward. Validates first; on error returns the status and writes nothing.
+/// Acc: the accumulation type, float or double.
+template <class Acc = double>
+Status forward(const Params& p) {
+  static_assert(std::is_same_v<Acc, float> || std::is_same_v<Acc, double>,
+                "reference::forward<Acc>: Acc must be float or double");
+  Status s = validate(p, caps());
+  if (!s.ok()) return s;
+  visit_dtype(p.dtype, [&](auto elem) { detail::forward_impl<decltype(elem), Acc>(p); });
+  return Status::Ok();
+}
+
+}  // namespace reference
+DIFFATTN_NAMESPACE_END

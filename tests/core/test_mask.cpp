@@ -1,0 +1,69 @@
+// RowMask and the FLOP count against SPEC.md's mask predicates, brute force.
+#include <doctest/doctest.h>
+
+#include "support/problem.hpp"
+
+using namespace dt;
+
+TEST_CASE("RowMask == SPEC.md's predicate for every (i, j), random shapes and windows") {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> len(1, 40), win(-1, 12), kind(0, 2);
+  for (int trial = 0; trial < 3000; ++trial) {
+    Shape s;
+    s.N = len(rng); s.S = len(rng);
+    s.mask = static_cast<da::MaskKind>(kind(rng));
+    if (s.mask == da::MaskKind::window) {
+      do { s.wl = win(rng); s.wr = win(rng); } while (s.wl < 0 && s.wr < 0);
+    }
+    da::Params p;
+    p.seqlen_q = s.N; p.seqlen_k = s.S;
+    p.mask = {s.mask, s.wl, s.wr};
+    const da::RowMask m = da::make_row_mask(p);
+    const auto vis = spec_mask(s);
+    i64 pairs = 0;
+    for (i64 i = 0; i < s.N; ++i) {
+      i64 row = 0;
+      for (i64 j = 0; j < s.S; ++j) {
+        REQUIRE_MESSAGE(m.visible(i, j) == vis(i, j), s.str() << " i=" << i << " j=" << j);
+        row += vis(i, j);
+      }
+      REQUIRE(m.row_count(i) == row);
+      REQUIRE(m.key_begin(i) >= 0);
+      REQUIRE(m.key_end(i) <= s.S);
+      pairs += row;
+    }
+    REQUIRE(da::visible_pairs(m, s.N) == pairs);
+  }
+}
+
+TEST_CASE("FLOP count: 12 N S d per diff head, exact under masks") {
+  da::Params p;
+  p.batch = 3; p.heads = 8; p.kv_heads = 2; p.head_dim = 64; p.seqlen_q = 2048; p.seqlen_k = 2048;
+  CHECK(da::forward_flops(p) == 12.0 * 2048 * 2048 * 64 * 3 * 8);
+  p.mask.kind = da::MaskKind::causal;  // N (N + 1) / 2 pairs
+  CHECK(da::forward_flops(p) == 12.0 * (2048.0 * 2049 / 2) * 64 * 3 * 8);
+  p.seqlen_q = 1; p.seqlen_k = 4096;   // decoding: the one row sees every key
+  CHECK(da::forward_flops(p) == 12.0 * 4096 * 64 * 3 * 8);
+  p.seqlen_q = 10; p.seqlen_k = 4;     // N > S causal: rows 0-5 see nothing, row 6+r sees r+1
+  CHECK(da::forward_flops(p) == 12.0 * (1 + 2 + 3 + 4) * 64 * 3 * 8);
+  CHECK(da::backward_flops(p) == 28.0 * (1 + 2 + 3 + 4) * 64 * 3 * 8);
+  // a diff head at d = 64 costs 1.5 ordinary heads at D = 128 (4 N S D): SPEC.md
+  p.mask.kind = da::MaskKind::none; p.seqlen_q = p.seqlen_k = 1000; p.batch = 1; p.heads = 1;
+  CHECK(da::forward_flops(p) == 1.5 * (4.0 * 1000 * 1000 * 128));
+}
+
+TEST_CASE("make_official_params: strides of the interleaved layout") {
+  std::vector<float> q(2 * 5 * 8 * 64), k(2 * 7 * 4 * 64), v(2 * 7 * 2 * 128), o(2 * 5 * 4 * 128);
+  const da::Params p = da::make_official_params<float>(2, 5, 7, 4, 2, 64, q.data(), k.data(), v.data(), o.data());
+  CHECK(p.q1.stride_b == 5 * 8 * 64);
+  CHECK(p.q1.stride_t == 8 * 64);
+  CHECK(p.q1.stride_h == 128);  // diff head h: query heads 2h, 2h+1
+  CHECK(static_cast<const float*>(p.q2.ptr) - static_cast<const float*>(p.q1.ptr) == 64);
+  CHECK(p.k1.stride_t == 4 * 64);
+  CHECK(p.v.stride_t == 2 * 128);
+  CHECK(p.out.stride_t == 4 * 128);
+  CHECK(p.dtype == da::DType::f32);
+  CHECK(p.n_rep() == 2);
+  CHECK(p.kv_group(3) == 1);
+  CHECK(p.scale() == doctest::Approx(0.125));
+}

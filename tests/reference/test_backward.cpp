@@ -1,0 +1,136 @@
+// The reference backward against central finite differences of the reference forward, in double.
+#include <doctest/doctest.h>
+
+#include "support/problem.hpp"
+
+using namespace dt;
+
+namespace {
+
+// L = sum(out * W) with W = dout (random), so dL/dx is what the backward returns for dout = W.
+double loss(Problem<double>& pr) {
+  da::Params p = pr.params();
+  p.extras = {};
+  REQUIRE(da::reference::forward<double>(p).ok());
+  double l = 0;
+  for (std::size_t i = 0; i < pr.out.size(); ++i) l += pr.out[i] * pr.dout[i];
+  return l;
+}
+
+// Central differences with step h = 1e-5 * max(1, |x|): truncation error ~h^2 |f'''| ~ 1e-10
+// relative, rounding ~1e-16 |L| / h ~ 1e-11 |L|. The check is relative 1e-6 per element, with a
+// floor at 1e-3 of the largest gradient of the same tensor for elements that are nearly zero
+// (where a relative error means nothing), and 1e-9 absolute for an all-zero tensor.
+void check_tensor(Problem<double>& pr, std::vector<double>& x, const std::vector<double>& grad,
+                  const char* name) {
+  REQUIRE(x.size() == grad.size());
+  double gmax = 0;
+  for (double g : grad) gmax = std::max(gmax, std::fabs(g));
+  std::vector<double> fd(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i], h = 1e-5 * std::max(1.0, std::fabs(x0));
+    x[i] = x0 + h;
+    const double lp = loss(pr);
+    x[i] = x0 - h;
+    const double lm = loss(pr);
+    x[i] = x0;
+    fd[i] = (lp - lm) / (2 * h);
+  }
+  double worst = 0;
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double err = std::fabs(fd[i] - grad[i]);
+    const double denom = std::max({std::fabs(grad[i]), 1e-3 * gmax, 1e-3});
+    worst = std::max(worst, err / denom);
+    if (std::isnan(grad[i]) || err > 1e-6 * denom) {
+      if (bad++ < 3)
+        FAIL_CHECK(std::string(name) << "[" << i << "]: backward " << grad[i] << ", finite difference " << fd[i]);
+    }
+  }
+  INFO(std::string(name) << ": " << x.size() << " elements, worst relative error " << worst);
+  CHECK(bad == 0);
+  MESSAGE(std::string(name) << ": " << x.size() << " elements, worst relative error " << worst);
+}
+
+void check_backward(const Shape& s, std::uint64_t seed, bool split) {
+  INFO("seed " << seed << " " << s.str() << " split=" << split);
+  Problem<double> pr(s, seed, split);
+  da::BackwardParams bp = pr.backward_params();
+  REQUIRE(da::reference::backward<double>(bp).ok());
+  // copies: the finite differences rerun the forward, which does not touch the gradients, but
+  // keep the analytic values safe anyway
+  const auto dq = pr.dq, dq2 = pr.dq2buf, dk = pr.dk, dk2 = pr.dk2buf, dv = pr.dv;
+  const auto dlq1 = pr.dlq1, dlk1 = pr.dlk1, dlq2 = pr.dlq2, dlk2 = pr.dlk2;
+  const auto dgamma = pr.dgamma, dbeta = pr.dbeta;
+  check_tensor(pr, pr.q, dq, split ? "dq1" : "dq (dq1, dq2 interleaved)");
+  check_tensor(pr, pr.k, dk, split ? "dk1" : "dk (dk1, dk2 interleaved)");
+  if (split) {
+    check_tensor(pr, pr.q2buf, dq2, "dq2");
+    check_tensor(pr, pr.k2buf, dk2, "dk2");
+  }
+  check_tensor(pr, pr.v, dv, "dv");
+  check_tensor(pr, pr.lq1, dlq1, "dlq1");
+  check_tensor(pr, pr.lk1, dlk1, "dlk1");
+  check_tensor(pr, pr.lq2, dlq2, "dlq2");
+  check_tensor(pr, pr.lk2, dlk2, "dlk2");
+  if (bp.fwd.norm.gamma) check_tensor(pr, pr.gamma, dgamma, "dgamma");
+  if (bp.fwd.norm.beta) check_tensor(pr, pr.beta, dbeta, "dbeta");
+}
+
+}  // namespace
+
+TEST_CASE("backward == finite differences: GQA 2:1, causal, RMSNorm with gamma, shared lambda") {
+  Shape s;
+  s.B = 1; s.N = 4; s.S = 6; s.H = 2; s.Hkv = 1; s.d = 3; s.mask = da::MaskKind::causal;
+  check_backward(s, 101, false);
+}
+
+TEST_CASE("backward == finite differences: window, group norm with gamma and beta, per-head lambda") {
+  Shape s;
+  s.B = 2; s.N = 5; s.S = 3; s.H = 3; s.Hkv = 3; s.d = 2;
+  s.mask = da::MaskKind::window; s.wl = 1; s.wr = 1;
+  s.norm = da::NormKind::group; s.beta = true; s.per_head = true;
+  check_backward(s, 202, true);
+}
+
+TEST_CASE("backward == finite differences: GQA 4:2, no mask, RMSNorm without gamma") {
+  Shape s;
+  s.B = 1; s.N = 6; s.S = 5; s.H = 4; s.Hkv = 2; s.d = 2; s.gamma = false; s.lambda_init = 0.6;
+  check_backward(s, 303, false);
+}
+
+TEST_CASE("backward == finite differences: causal N > S (fully masked rows), no norm") {
+  Shape s;
+  s.B = 1; s.N = 5; s.S = 3; s.H = 2; s.Hkv = 1; s.d = 2;
+  s.mask = da::MaskKind::causal; s.norm = da::NormKind::none; s.gamma = false;
+  check_backward(s, 404, false);
+}
+
+TEST_CASE("backward == finite differences: MQA 3:1, decoding-like N < S, per-head lambda") {
+  Shape s;
+  s.B = 1; s.N = 2; s.S = 7; s.H = 3; s.Hkv = 1; s.d = 4;
+  s.mask = da::MaskKind::causal; s.per_head = true;
+  check_backward(s, 505, true);
+}
+
+TEST_CASE("backward writes every gradient element (no NaN left from the poison) in f32") {
+  Shape s;
+  s.B = 2; s.N = 7; s.S = 9; s.H = 4; s.Hkv = 2; s.d = 8; s.mask = da::MaskKind::causal;
+  Problem<float> pr(s, 606);
+  da::BackwardParams bp = pr.backward_params();
+  REQUIRE(da::reference::backward<float>(bp).ok());
+  for (const auto* t : {&pr.dq, &pr.dk, &pr.dv})
+    for (float x : *t) REQUIRE(std::isfinite(x));
+  for (const auto* t : {&pr.dlq1, &pr.dlk1, &pr.dlq2, &pr.dlk2, &pr.dgamma})
+    for (float x : *t) REQUIRE(std::isfinite(x));
+  // and agrees with the double-accumulating reference on the same f32 inputs
+  const auto dq_f = pr.dq, dk_f = pr.dk, dv_f = pr.dv;
+  pr.poison_outputs();
+  bp = pr.backward_params();
+  REQUIRE(da::reference::backward<double>(bp).ok());
+  // float sums of <= 2d * S = 144 terms through the norm's backward: ~1e-5 relative; 1e-4 gives
+  // margin and still catches any wrong term
+  check_close(to_double(dq_f), to_double(pr.dq), 1e-4, 1e-4, "dq float vs double accumulation");
+  check_close(to_double(dk_f), to_double(pr.dk), 1e-4, 1e-4, "dk");
+  check_close(to_double(dv_f), to_double(pr.dv), 1e-4, 1e-4, "dv");
+}
