@@ -19,3 +19,18 @@ run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer/project -B ${consumer} -G $
     -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_PREFIX_PATH=${prefix})
 run(${CMAKE_COMMAND} --build ${consumer})
 run(${consumer}/consumer)
+
+# The same consumer with add_subdirectory(diffattn) instead of an install.
+set(sub ${WORK_DIR}/subdir-project)
+file(MAKE_DIRECTORY ${sub})
+file(COPY ${SOURCE_DIR}/tests/consumer/project/main.cpp DESTINATION ${sub})
+file(WRITE ${sub}/CMakeLists.txt "cmake_minimum_required(VERSION 3.25)
+project(diffattn_subdir_consumer LANGUAGES CXX)
+set(DIFFATTN_CUDA OFF CACHE STRING \"\")
+add_subdirectory(\"${SOURCE_DIR}\" diffattn)
+add_executable(consumer main.cpp)
+target_link_libraries(consumer PRIVATE diffattn::diffattn)
+")
+run(${CMAKE_COMMAND} -S ${sub} -B ${sub}/build -G ${GENERATOR} -DCMAKE_CXX_COMPILER=${CXX})
+run(${CMAKE_COMMAND} --build ${sub}/build)
+run(${sub}/build/consumer)

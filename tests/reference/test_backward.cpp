@@ -134,3 +134,37 @@ TEST_CASE("backward writes every gradient element (no NaN left from the poison) 
   check_close(to_double(dk_f), to_double(pr.dk), 1e-4, 1e-4, "dk");
   check_close(to_double(dv_f), to_double(pr.dv), 1e-4, 1e-4, "dv");
 }
+
+TEST_CASE("backward on f16 and bf16 elements vs the double reference on the same inputs") {
+  // The gradients are rounded once to the element type (<= u relative) after fp32 math; the
+  // fp32 error of these small sums is < 1e-5 of the largest gradient. Tolerance: 2u relative
+  // plus 2e-5 of the tensor's largest gradient (DESIGN.md's 2x rule, absolute floor scaled to
+  // the tensor because gradients have no natural unit).
+  auto run = [](auto tag, double u, std::uint64_t seed) {
+    using Elem = decltype(tag);
+    Shape s;
+    s.B = 1; s.N = 9; s.S = 13; s.H = 4; s.Hkv = 2; s.d = 8; s.mask = da::MaskKind::causal;
+    INFO(da::dtype_name(da::dtype_of_v<Elem>) << " seed " << seed);
+    Problem<Elem> lo(s, seed);
+    Problem<double> hi(s, seed);
+    hi.q = to_double(lo.q); hi.k = to_double(lo.k); hi.v = to_double(lo.v); hi.dout = to_double(lo.dout);
+    auto f2d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+    hi.lq1 = f2d(lo.lq1); hi.lk1 = f2d(lo.lk1); hi.lq2 = f2d(lo.lq2); hi.lk2 = f2d(lo.lk2);
+    hi.gamma = f2d(lo.gamma);
+    da::BackwardParams bl = lo.backward_params(), bh = hi.backward_params();
+    REQUIRE(da::reference::backward<float>(bl).ok());
+    REQUIRE(da::reference::backward<double>(bh).ok());
+    auto cmp = [&](const std::vector<double>& got, const std::vector<double>& want, double rel, const char* n) {
+      double m = 0;
+      for (double w : want) m = std::max(m, std::fabs(w));
+      check_close(got, want, 2e-5 * m, rel, n);
+    };
+    cmp(to_double(lo.dq), hi.dq, 2 * u, "dq");
+    cmp(to_double(lo.dk), hi.dk, 2 * u, "dk");
+    cmp(to_double(lo.dv), hi.dv, 2 * u, "dv");
+    cmp(f2d(lo.dlq1), hi.dlq1, 1e-5, "dlq1 (fp32)");
+    cmp(f2d(lo.dgamma), hi.dgamma, 1e-5, "dgamma (fp32)");
+  };
+  run(da::half{}, 0x1p-11, 707);
+  run(da::bfloat16{}, 0x1p-8, 708);
+}
