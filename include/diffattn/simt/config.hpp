@@ -31,15 +31,15 @@ namespace simt {
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
   constexpr dim3() = default;
-  constexpr dim3(unsigned x_, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}  // NOLINT
+  DIFFATTN_HD constexpr dim3(unsigned x_, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}  // NOLINT
   /// x * y * z, as 64 bits (a grid may exceed 2^32 blocks).
-  constexpr std::uint64_t volume() const {
+  DIFFATTN_HD constexpr std::uint64_t volume() const {
     return std::uint64_t{x} * std::uint64_t{y} * std::uint64_t{z};
   }
-  friend constexpr bool operator==(const dim3& a, const dim3& b) {
+  friend DIFFATTN_HD constexpr bool operator==(const dim3& a, const dim3& b) {
     return a.x == b.x && a.y == b.y && a.z == b.z;
   }
-  friend constexpr bool operator!=(const dim3& a, const dim3& b) { return !(a == b); }
+  friend DIFFATTN_HD constexpr bool operator!=(const dim3& a, const dim3& b) { return !(a == b); }
 };
 
 /// The full-warp mask, for *_sync primitives.
