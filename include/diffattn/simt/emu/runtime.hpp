@@ -35,8 +35,12 @@
 // Environment: DIFFATTN_SIMT_SCHEDULE=deterministic|random|random:<seed>, DIFFATTN_SIMT_SEED=<n>
 // (implies random), DIFFATTN_SIMT_WORKERS=<n> (OS threads; default: hardware threads),
 // DIFFATTN_SIMT_STACK_KIB=<n> (fiber stack size, default 256). A LaunchConfig field that is set
-// overrides the environment.
+// overrides the environment. A fiber stack overflow prints the block and thread and aborts
+// (a SIGSEGV handler active during launches; DIFFATTN_SIMT_SEGV_HANDLER=0 disables it).
 #pragma once
+
+#include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -280,6 +284,8 @@ inline float unpack16(std::uint32_t word, int half, int fmt) {
 
 inline thread_local Fiber* tls_fiber = nullptr;
 
+inline void ensure_alt_stack();
+
 struct BlockParams {
   dim3 grid, block;
   std::size_t smem_bytes = 0;
@@ -296,6 +302,7 @@ class BlockRunner {
  public:
   explicit BlockRunner(const BlockParams& p)
       : p_(p), nthreads_(static_cast<std::uint32_t>(p.block.volume())) {
+    ensure_alt_stack();
     fibers_.resize(nthreads_);
     for (std::uint32_t t = 0; t < nthreads_; ++t) {
       Fiber& f = fibers_[t];
@@ -738,6 +745,135 @@ inline void fiber_main(void* p) {
   f->blk->exit_thread(f);
 }
 
+// ---- fiber stack overflow: a message that names the thread instead of a bare SIGSEGV ----------
+// A fiber that overflows its stack touches the guard page below it. While a launch runs, a
+// SIGSEGV handler (on an alternate signal stack per worker thread) prints which block and thread
+// overflowed, then aborts; any other fault is handed to the previous handler, which is restored
+// when the last running launch ends. DIFFATTN_SIMT_SEGV_HANDLER=0 leaves SIGSEGV alone.
+
+inline void sig_append(char*& p, const char* s) {
+  while (*s) *p++ = *s++;
+}
+inline void sig_append(char*& p, unsigned long v) {
+  char tmp[24];
+  int n = 0;
+  do {
+    tmp[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n) *p++ = tmp[--n];
+}
+inline void sig_append(char*& p, const dim3& d) {
+  sig_append(p, "(");
+  sig_append(p, static_cast<unsigned long>(d.x));
+  sig_append(p, ",");
+  sig_append(p, static_cast<unsigned long>(d.y));
+  sig_append(p, ",");
+  sig_append(p, static_cast<unsigned long>(d.z));
+  sig_append(p, ")");
+}
+
+struct SegvState {
+  std::mutex mu;
+  int active = 0;
+  struct sigaction prev {};
+};
+inline SegvState& segv_state() {
+  static SegvState* s = new SegvState();  // never destroyed
+  return *s;
+}
+
+inline void segv_handler(int, siginfo_t* si, void*) {
+  Fiber* f = tls_fiber;
+  if (f != nullptr) {
+    const auto* a = static_cast<const unsigned char*>(si->si_addr);
+    // The guard page, or a large frame that jumped just past it.
+    if (a < f->stack.base && a + 64 * 1024 >= f->stack.base) {
+      char buf[512];
+      char* p = buf;
+      sig_append(p, "simt emulator: fiber stack overflow: block ");
+      sig_append(p, f->blk->block_idx());
+      sig_append(p, " thread ");
+      sig_append(p, f->idx);
+      sig_append(p, " (warp ");
+      sig_append(p, static_cast<unsigned long>(f->tid >> 5));
+      sig_append(p, ", lane ");
+      sig_append(p, static_cast<unsigned long>(f->tid & 31u));
+      sig_append(p, ") exhausted its ");
+      sig_append(p, static_cast<unsigned long>(f->stack.size / 1024));
+      sig_append(p, " KiB stack: raise DIFFATTN_SIMT_STACK_KIB or LaunchConfig::stack_bytes, or "
+                    "shrink the kernel's local arrays\n");
+      ssize_t ignored = ::write(2, buf, static_cast<std::size_t>(p - buf));
+      (void)ignored;
+      std::abort();
+    }
+  }
+  // Not ours: hand the fault to the previous disposition (the faulting access repeats).
+  ::sigaction(SIGSEGV, &segv_state().prev, nullptr);
+}
+
+/// An alternate signal stack for the calling thread (the handler cannot run on a full fiber
+/// stack); freed when the thread ends. Keeps one that is already installed.
+inline void ensure_alt_stack() {
+  struct AltStack {
+    void* mem = nullptr;
+    AltStack() {
+      stack_t cur{};
+      if (::sigaltstack(nullptr, &cur) == 0 && !(cur.ss_flags & SS_DISABLE)) return;
+      const std::size_t size = 64 * 1024;
+      mem = std::malloc(size);
+      if (mem == nullptr) return;
+      stack_t ss{};
+      ss.ss_sp = mem;
+      ss.ss_size = size;
+      ss.ss_flags = 0;
+      if (::sigaltstack(&ss, nullptr) != 0) {
+        std::free(mem);
+        mem = nullptr;
+      }
+    }
+    ~AltStack() {
+      if (mem == nullptr) return;
+      stack_t ss{};
+      ss.ss_flags = SS_DISABLE;
+      ::sigaltstack(&ss, nullptr);
+      std::free(mem);
+    }
+  };
+  thread_local AltStack alt;
+  (void)alt;
+}
+
+/// Installs the handler for the duration of a launch (nested/concurrent launches counted).
+class SegvGuard {
+ public:
+  SegvGuard() {
+    const char* v = std::getenv("DIFFATTN_SIMT_SEGV_HANDLER");
+    enabled_ = !(v != nullptr && v[0] == '0');
+    if (!enabled_) return;
+    SegvState& st = segv_state();
+    std::lock_guard<std::mutex> lock(st.mu);
+    if (st.active++ == 0) {
+      struct sigaction sa {};
+      sa.sa_sigaction = &segv_handler;
+      sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+      sigemptyset(&sa.sa_mask);
+      ::sigaction(SIGSEGV, &sa, &st.prev);
+    }
+  }
+  ~SegvGuard() {
+    if (!enabled_) return;
+    SegvState& st = segv_state();
+    std::lock_guard<std::mutex> lock(st.mu);
+    if (--st.active == 0) ::sigaction(SIGSEGV, &st.prev, nullptr);
+  }
+  SegvGuard(const SegvGuard&) = delete;
+  SegvGuard& operator=(const SegvGuard&) = delete;
+
+ private:
+  bool enabled_ = true;
+};
+
 inline Fiber& current(const char* what) {
   Fiber* f = tls_fiber;
   if (f == nullptr) {
@@ -791,6 +927,7 @@ inline LaunchResult run_grid(const LaunchConfig& cfg, KernelFn fn) {
   if (workers <= 0) workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (static_cast<std::uint64_t>(workers) > nblocks) workers = static_cast<int>(nblocks);
 
+  SegvGuard segv_guard;
   std::atomic<std::uint64_t> next{0};
   std::atomic<bool> stop{false};
   std::mutex mu;
