@@ -52,6 +52,7 @@ class smem_ref {
 
  public:
   explicit smem_ref(std::int64_t off) : off_(off) {}
+  smem_ref(const smem_ref&) = default;
   /// Checked read (ld.shared).
   T load() const {
     T v;
