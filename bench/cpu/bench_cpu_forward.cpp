@@ -1,0 +1,178 @@
+// bench_cpu_forward: the tiled CPU forward beside the naive reference (reference::forward<float>)
+// on the same problems, in one process, plus this machine's fp32 FMA peak and Eigen's sgemm
+// (2048^3) on the same threads, so every figure of a run can be compared side by side.
+//
+// Runs are named <backend>_forward/<dtype>/<mask>/d:<d>/N:<N> (backend cpu or reference) and
+// report `flops` as a rate (FLOP/s) from diffattn::forward_flops (SPEC.md: 12 N S d per head,
+// visible pairs only). B = 1, H = 8, N = S. Options (environment, to keep the command line
+// Google Benchmark's own):
+//   DIFFATTN_BENCH_THREADS  threads for cpu::forward, the peak and sgemm (default: all cores)
+//   DIFFATTN_BENCH_MAX_N    largest N for the tiled kernel (default 8192)
+//   DIFFATTN_BENCH_REF_MAX_N  largest N for the reference (default 2048: it materialises N x S)
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <Eigen/Core>
+
+#include <diffattn/cpu/forward.hpp>
+#include <diffattn/diffattn.hpp>
+
+namespace da = diffattn;
+
+namespace {
+
+long env_long(const char* name, long dflt) {
+  const char* v = std::getenv(name);
+  return v ? std::atol(v) : dflt;
+}
+int bench_threads() {
+  const long t = env_long("DIFFATTN_BENCH_THREADS", 0);
+  return t > 0 ? static_cast<int>(t) : static_cast<int>(std::thread::hardware_concurrency());
+}
+
+/// Buffers of one benchmark problem in the official layout, random inputs.
+template <class T>
+struct BenchProblem {
+  std::vector<T> q, k, v, out;
+  std::vector<float> lq1, lk1, lq2, lk2, gamma, lse1, lse2;
+  da::Params p;
+  BenchProblem(std::int64_t N, std::int64_t d, da::MaskKind mask) {
+    const std::int64_t B = 1, H = 8, S = N;
+    std::mt19937 rng(42);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    auto fill = [&](auto& vec, std::size_t n, float sc) {
+      vec.resize(n);
+      for (auto& x : vec) x = static_cast<typename std::decay_t<decltype(vec)>::value_type>(nd(rng) * sc);
+    };
+    fill(q, B * N * 2 * H * d, 1.0f);
+    fill(k, B * S * 2 * H * d, 1.0f);
+    fill(v, B * S * H * 2 * d, 1.0f);
+    out.assign(B * N * H * 2 * d, T(0.0f));
+    fill(lq1, d, 0.1f); fill(lk1, d, 0.1f); fill(lq2, d, 0.1f); fill(lk2, d, 0.1f);
+    gamma.assign(2 * d, 1.0f);
+    lse1.assign(B * H * N, 0.0f);
+    lse2.assign(B * H * N, 0.0f);
+    p = da::make_official_params(B, N, S, H, H, d, q.data(), k.data(), v.data(), out.data());
+    p.mask.kind = mask;
+    if (mask == da::MaskKind::window) { p.mask.window_left = 256; p.mask.window_right = 0; }
+    p.lambda = {lq1.data(), lk1.data(), lq2.data(), lk2.data(), false, da::lambda_init_for_depth(3)};
+    p.norm.gamma = gamma.data();
+    p.extras.lse1 = lse1.data();
+    p.extras.lse2 = lse2.data();
+  }
+};
+
+template <class T>
+void bm_forward(benchmark::State& state, bool cpu, std::int64_t N, std::int64_t d, da::MaskKind mask) {
+  BenchProblem<T> pr(N, d, mask);
+  da::cpu::Options opt;
+  opt.num_threads = bench_threads();
+  for (auto _ : state) {
+    const da::Status s = cpu ? da::cpu::forward(pr.p, opt) : da::reference::forward<float>(pr.p);
+    if (!s.ok()) {
+      state.SkipWithError(s.to_string().c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(pr.out.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["flops"] = benchmark::Counter(da::forward_flops(pr.p), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = cpu ? opt.num_threads : 1;
+}
+
+// fp32 FMA peak: 16 independent chains of zmm (or whatever the target has) FMAs per thread.
+void bm_fma_peak(benchmark::State& state) {
+  const int threads = bench_threads();
+  const long iters = 20'000'000;
+  for (auto _ : state) {
+    std::vector<std::thread> th;
+    std::vector<float> sink(threads);
+    for (int t = 0; t < threads; ++t)
+      th.emplace_back([&, t] {
+#if defined(__AVX512F__)
+        __m512 a[16];
+        for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ps(1.0f + i * 1e-3f);
+        const __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+        for (long it = 0; it < iters; ++it)
+          for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+        float s = 0;
+        for (int i = 0; i < 16; ++i) s += _mm512_reduce_add_ps(a[i]);
+        sink[t] = s;
+#else
+        float a[16][16];
+        for (int i = 0; i < 16; ++i) for (int l = 0; l < 16; ++l) a[i][l] = 1.0f + i * 1e-3f;
+        for (long it = 0; it < iters; ++it)
+          for (int i = 0; i < 16; ++i) for (int l = 0; l < 16; ++l) a[i][l] = a[i][l] * 0.999999f + 1e-7f;
+        sink[t] = a[3][5];
+#endif
+      });
+    for (auto& x : th) x.join();
+    benchmark::DoNotOptimize(sink.data());
+  }
+  state.counters["flops"] = benchmark::Counter(2.0 * 16 * 16 * iters * threads, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+
+// Eigen sgemm 2048^3, the columns of C split over the threads (Eigen itself is built without
+// OpenMP here, so this is how it uses several cores).
+void bm_eigen_sgemm(benchmark::State& state) {
+  const int n = 2048, threads = bench_threads();
+  using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic>;
+  M a = M::Random(n, n), b = M::Random(n, n), c(n, n);
+  for (auto _ : state) {
+    std::vector<std::thread> th;
+    for (int t = 0; t < threads; ++t)
+      th.emplace_back([&, t] {
+        const int c0 = n * t / threads, c1 = n * (t + 1) / threads;
+        c.middleCols(c0, c1 - c0).noalias() = a * b.middleCols(c0, c1 - c0);
+      });
+    for (auto& x : th) x.join();
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["flops"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+
+const char* mask_name(da::MaskKind m) {
+  return m == da::MaskKind::none ? "none" : m == da::MaskKind::causal ? "causal" : "window";
+}
+
+template <class T>
+void register_dtype(const char* dname) {
+  const long max_n = env_long("DIFFATTN_BENCH_MAX_N", 8192), ref_max_n = env_long("DIFFATTN_BENCH_REF_MAX_N", 2048);
+  for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal})
+    for (std::int64_t d : {64, 128})
+      for (std::int64_t N = 512; N <= max_n; N *= 2)
+        for (bool cpu : {false, true}) {
+          if (!cpu && N > ref_max_n) continue;
+          const std::string name = std::string(cpu ? "cpu" : "reference") + "_forward/" + dname + "/" +
+                                   mask_name(m) + "/d:" + std::to_string(d) + "/N:" + std::to_string(N);
+          benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_forward<T>(s, cpu, N, d, m); })
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::RegisterBenchmark("peak/fma_f32", bm_fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("peak/eigen_sgemm/N:2048", bm_eigen_sgemm)->Unit(benchmark::kMillisecond)->UseRealTime();
+  register_dtype<float>("f32");
+  register_dtype<da::bfloat16>("bf16");
+  register_dtype<da::half>("f16");
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

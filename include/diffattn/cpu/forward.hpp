@@ -1,0 +1,225 @@
+// diffattn/cpu/forward.hpp: the tiled CPU forward (FlashAttention-style, fully fused).
+//
+//   diffattn::cpu::Options opt;
+//   opt.num_threads = 4;                         // 0: std::thread::hardware_concurrency()
+//   diffattn::Status s = diffattn::cpu::forward(params, opt);
+//
+// Same params and results as reference::forward, with O(N) extra memory: blocks of kBlockM = 64
+// queries stream the visible blocks of kBlockN = 64 keys once, with both online softmaxes
+// fused, and the lambda combination, the norm, gamma and (1 - lambda_init) in the epilogue
+// (cpu/detail/kernel.hpp). Math is fp32 for every element type: each key block of K_1, K_2, V
+// is copied (half and bfloat16 widened exactly) into a per-thread scratch with padded rows.
+//
+// Parallel over batch x heads x query blocks (dynamic scheduling, largest items first; each
+// item is computed by one thread in a fixed order, so results are bitwise identical run to run
+// and, when no split is made, for every thread count). When there are fewer items than 2 x
+// threads (decoding, short prompts), the keys of each query block are split into up to
+// 4 x threads / items parts whose partial softmax states are merged in a fixed order
+// (deterministic for a fixed thread count).
+//
+// Memory: per thread O(kBlockM * d) floats of scratch (about 0.2 MiB at d = 128), plus, when
+// keys are split, one state per split; no allocation per call once the pool's workspace has
+// grown (or none at all with Options::scratch).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cmath>
+#include <string>
+#include <thread>
+
+#include "diffattn/core/config.hpp"
+#include "diffattn/core/dtype.hpp"
+#include "diffattn/core/mask.hpp"
+#include "diffattn/core/params.hpp"
+#include "diffattn/core/status.hpp"
+#include "diffattn/core/validate.hpp"
+#include "diffattn/cpu/detail/kernel.hpp"
+#include "diffattn/cpu/detail/pool.hpp"
+
+DIFFATTN_NAMESPACE_BEGIN
+namespace cpu {
+
+/// Run options of cpu::forward.
+struct Options {
+  /// Threads to run on; 0: std::thread::hardware_concurrency(). Results are bitwise
+  /// reproducible for a fixed value.
+  int num_threads = 0;
+  /// Optional caller workspace of at least workspace_bytes(params, options) bytes (any
+  /// alignment). nullptr: a workspace owned by the library's thread pool, kept between calls.
+  void* scratch = nullptr;
+  /// Size of `scratch` in bytes.
+  std::size_t scratch_bytes = 0;
+};
+
+/// What the CPU backend accepts: f32, f16 and bf16 elements, any head dim up to 256.
+inline BackendCaps caps() {
+  BackendCaps c;
+  c.name = "cpu";
+  c.dtype_mask = (1u << static_cast<int>(DType::f32)) | (1u << static_cast<int>(DType::f16)) |
+                 (1u << static_cast<int>(DType::bf16));
+  c.max_head_dim = 256;
+  c.host_readable = true;
+  return c;
+}
+
+namespace detail {
+
+/// How one call is cut up: threads, key splits, workspace.
+struct Plan {
+  int threads = 1;
+  int nsplit = 1;
+  std::int64_t nqb = 0;
+  std::int64_t units = 0;  ///< B * H * nqb query blocks
+  Geometry geo;
+  std::size_t thread_bytes = 0, split_bytes = 0;
+  std::size_t bytes() const { return 64 + static_cast<std::size_t>(threads) * thread_bytes + split_bytes; }
+};
+
+inline Plan make_plan(const Params& p, const Options& o) {
+  Plan pl;
+  int t = o.num_threads > 0 ? o.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+  t = std::max(t, 1);
+  pl.geo.d = p.head_dim;
+  pl.geo.dv = 2 * p.head_dim;
+  pl.nqb = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  pl.units = p.batch * p.heads * pl.nqb;
+  const std::int64_t key_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
+  if (pl.units < 2 * t && key_blocks > 1) {
+    const std::int64_t want = (4 * static_cast<std::int64_t>(t) + pl.units - 1) / pl.units;
+    pl.nsplit = static_cast<int>(std::min<std::int64_t>({want, key_blocks, 64}));
+  }
+  pl.threads = static_cast<int>(std::min<std::int64_t>(t, pl.units * pl.nsplit));
+  pl.thread_bytes = static_cast<std::size_t>(round16(pl.geo.thread_floats())) * sizeof(float);
+  pl.split_bytes = pl.nsplit > 1 ? static_cast<std::size_t>(pl.units * pl.nsplit * pl.geo.state_floats()) * sizeof(float) : 0;
+  return pl;
+}
+
+template <class Elem>
+void run_typed(const Params& p, const Plan& pl, void* ws_raw) {
+  Ctx cx;
+  cx.p = &p;
+  cx.geo = pl.geo;
+  cx.N = p.seqlen_q;
+  cx.S = p.seqlen_k;
+  cx.H = p.heads;
+  cx.rep = p.n_rep();
+  cx.c = static_cast<float>(p.scale() * 1.44269504088896340736);
+  cx.mask = make_row_mask(p);
+  cx.masked = p.mask.kind != MaskKind::none;
+  cx.nqb = pl.nqb;
+  cx.nsplit = pl.nsplit;
+
+  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(ws_raw);
+  float* ws = reinterpret_cast<float*>(static_cast<unsigned char*>(ws_raw) + (64 - a % 64) % 64);
+  const std::int64_t tfl = static_cast<std::int64_t>(pl.thread_bytes / sizeof(float));
+  float* split_base = ws + pl.threads * tfl;
+  const std::int64_t sfl = pl.geo.state_floats();
+  const std::int64_t bh = p.batch * p.heads;
+  const std::int64_t n_items = pl.units * pl.nsplit;
+
+  // item index -> (b, h, qb, s), query blocks from the last (most keys under a causal mask)
+  auto decode = [&](std::int64_t k, std::int64_t* b, std::int64_t* h, std::int64_t* qb, int* s) {
+    *qb = pl.nqb - 1 - k / (bh * pl.nsplit);
+    const std::int64_t r = k % (bh * pl.nsplit);
+    *b = (r / pl.nsplit) / p.heads;
+    *h = (r / pl.nsplit) % p.heads;
+    *s = static_cast<int>(r % pl.nsplit);
+  };
+  auto nv_of = [&](std::int64_t qb) {
+    const std::int64_t nr = std::min<std::int64_t>(kBlockM, cx.N - qb * kBlockM);
+    return static_cast<int>((nr + kLanes - 1) / kLanes);
+  };
+  auto process = [&](int nv, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
+                     const ThreadScratch& ts, const State& st) {
+    switch (nv) {
+      case 1: process_item<Elem, 1>(cx, b, h, qb, s, ts, st); break;
+      case 2: process_item<Elem, 2>(cx, b, h, qb, s, ts, st); break;
+      case 3: process_item<Elem, 3>(cx, b, h, qb, s, ts, st); break;
+      default: process_item<Elem, 4>(cx, b, h, qb, s, ts, st); break;
+    }
+  };
+  // the split state of (query block unit u, split s)
+  auto split_state = [&](std::int64_t b, std::int64_t h, std::int64_t qb, int s) {
+    const std::int64_t u = (qb * bh + b * p.heads + h) * pl.nsplit + s;
+    return State::at(split_base + u * sfl, pl.geo);
+  };
+
+  std::atomic<std::int64_t> next{0};
+  ThreadPool& pool = ThreadPool::instance();
+  pool.run(pl.threads, [&](int tid) {
+    const ThreadScratch ts = ThreadScratch::at(ws + tid * tfl, pl.geo);
+    for (;;) {
+      const std::int64_t k = next.fetch_add(1, std::memory_order_relaxed);
+      if (k >= n_items) break;
+      std::int64_t b, h, qb;
+      int s;
+      decode(k, &b, &h, &qb, &s);
+      const int nv = nv_of(qb);
+      if (pl.nsplit == 1) {
+        process(nv, b, h, qb, s, ts, ts.state);
+        epilogue<Elem>(cx, b, h, qb, nv, ts.state, ts.arow);
+      } else {
+        process(nv, b, h, qb, s, ts, split_state(b, h, qb, s));
+      }
+    }
+  });
+  if (pl.nsplit == 1) return;
+
+  std::atomic<std::int64_t> next2{0};
+  pool.run(pl.threads, [&](int tid) {
+    const ThreadScratch ts = ThreadScratch::at(ws + tid * tfl, pl.geo);
+    State states[64];
+    for (;;) {
+      const std::int64_t u = next2.fetch_add(1, std::memory_order_relaxed);
+      if (u >= pl.units) break;
+      const std::int64_t qb = u / bh, b = (u % bh) / p.heads, h = u % p.heads;
+      for (int s = 0; s < pl.nsplit; ++s) states[s] = split_state(b, h, qb, s);
+      const int nv = nv_of(qb);
+      switch (nv) {
+        case 1: merge_splits<1>(cx, states); break;
+        case 2: merge_splits<2>(cx, states); break;
+        case 3: merge_splits<3>(cx, states); break;
+        default: merge_splits<4>(cx, states); break;
+      }
+      epilogue<Elem>(cx, b, h, qb, nv, states[0], ts.arow);
+    }
+  });
+}
+
+}  // namespace detail
+
+/// Bytes of workspace cpu::forward needs for these params and options (pass at least this
+/// much as Options::scratch_bytes when providing Options::scratch).
+inline std::size_t workspace_bytes(const Params& p, const Options& o = {}) {
+  return detail::make_plan(p, o).bytes();
+}
+
+/// The tiled CPU forward. Validates first (validate(p, cpu::caps())); on error returns that
+/// status and writes nothing. Also rejects num_threads < 0 and a caller scratch smaller than
+/// workspace_bytes(p, o). Writes out and every extra requested in p.extras.
+inline Status forward(const Params& p, const Options& o = {}) {
+  Status s = validate(p, caps());
+  if (!s.ok()) return s;
+  if (o.num_threads < 0)
+    return Status::Invalid("options.num_threads must be >= 0 (0: hardware concurrency)");
+  const detail::Plan pl = detail::make_plan(p, o);
+  if (o.scratch != nullptr && o.scratch_bytes < pl.bytes())
+    return Status::Invalid("options.scratch: " + std::to_string(o.scratch_bytes) +
+                           " bytes given, cpu::workspace_bytes() says " + std::to_string(pl.bytes()) +
+                           " are needed");
+  detail::ThreadPool& pool = detail::ThreadPool::instance();
+  auto lock = pool.lock();
+  void* ws = o.scratch != nullptr ? o.scratch : pool.workspace(pl.bytes());
+  switch (p.dtype) {
+    case DType::f16: detail::run_typed<half>(p, pl, ws); break;
+    case DType::bf16: detail::run_typed<bfloat16>(p, pl, ws); break;
+    default: detail::run_typed<float>(p, pl, ws); break;
+  }
+  return Status::Ok();
+}
+
+}  // namespace cpu
+DIFFATTN_NAMESPACE_END

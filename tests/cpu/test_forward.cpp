@@ -1,0 +1,279 @@
+// cpu::forward against the reference in double, every element type, mask, GQA ratio and head dim,
+// at the awkward sizes of DESIGN.md, on 1, 2 and 4 threads (4 forces key splits on small
+// problems), plus determinism, poisoned outputs and bad input.
+//
+// Tolerance (DESIGN.md's rule): for each output x, the error of cpu::forward against
+// reference::forward<double> on the same inputs (widened exactly to double) may be at most twice
+// the error of the naive computation in the kernel's own precision, plus a small floor. The
+// naive computation in the kernel's precision is reference::forward<float> on the same inputs:
+// inputs rounded to the element type, every product, softmax and norm in fp32, the output
+// rounded once to the element type: exactly the precision cpu::forward computes in. So
+//   atol(x) = 2 * max|naive_x - ref_x| + 1e-6 * max|ref_x|
+// (the floor covers outputs the naive computation happens to get exact, e.g. S = 1, where the
+// kernel's own fp32 rounding, its exp2 polynomial (relative error 1e-7) and its different
+// summation order still leave a few fp32 ulps), and for 16-bit outputs also rtol = u (one unit
+// roundoff of the element type): two fp32 results that agree to 1e-6 can still round to
+// neighbouring 16-bit values, an error the naive computation shows only where it happens.
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include <diffattn/cpu/forward.hpp>
+
+#include "support/problem.hpp"
+
+using namespace dt;
+
+namespace {
+
+// The same problem with every input widened exactly to double, and fresh poisoned outputs.
+template <class Elem>
+Problem<double> widen(const Problem<Elem>& src) {
+  Problem<double> w(src.sh, /*seed=*/0, src.split);
+  w.q = to_double(src.q); w.q2buf = to_double(src.q2buf);
+  w.k = to_double(src.k); w.k2buf = to_double(src.k2buf);
+  w.v = to_double(src.v);
+  auto f2d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  w.lq1 = f2d(src.lq1); w.lk1 = f2d(src.lk1); w.lq2 = f2d(src.lq2); w.lk2 = f2d(src.lk2);
+  w.gamma = f2d(src.gamma); w.beta = f2d(src.beta);
+  return w;
+}
+
+template <class Elem> constexpr double unit_roundoff() { return 0; }
+template <> constexpr double unit_roundoff<da::half>() { return 0x1p-11; }
+template <> constexpr double unit_roundoff<da::bfloat16>() { return 0x1p-8; }
+
+double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::isfinite(a[i]) && std::isfinite(b[i])) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+double max_abs(const std::vector<double>& a) {
+  double m = 0;
+  for (double x : a) if (std::isfinite(x)) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+// got vs want with the 2x-naive rule above
+void check_rule(const std::vector<double>& got, const std::vector<double>& naive,
+                const std::vector<double>& want, double rtol, const char* what) {
+  const double atol = 2 * max_abs_diff(naive, want) + 1e-6 * max_abs(want);
+  check_close(got, want, atol, rtol, what);
+}
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+template <class Elem>
+void run_case(const Shape& s, std::uint64_t seed, bool split = false) {
+  INFO(da::dtype_name(da::dtype_of_v<Elem>) << " seed " << seed << " split " << split << " " << s.str());
+  Problem<Elem> naive(s, seed, split);
+  Problem<double> ref = widen(naive);
+  da::Params pn = naive.params(), pr = ref.params();
+  REQUIRE(da::reference::forward<float>(pn).ok());
+  REQUIRE(da::reference::forward<double>(pr).ok());
+  const double u = unit_roundoff<Elem>();
+
+  std::vector<Elem> first_out;
+  for (int threads : {1, 2, 4}) {
+    INFO("threads " << threads);
+    Problem<Elem> pc(s, seed, split);
+    da::Params p = pc.params();
+    da::cpu::Options opt;
+    opt.num_threads = threads;
+    const da::Status st = da::cpu::forward(p, opt);
+    REQUIRE_MESSAGE(st.ok(), st.to_string());
+    check_rule(to_double(pc.out), to_double(naive.out), ref.out, u, "out");
+    check_rule(to_double(pc.lse1), to_double(naive.lse1), ref.lse1, 0, "lse1");
+    check_rule(to_double(pc.lse2), to_double(naive.lse2), ref.lse2, 0, "lse2");
+    check_rule(to_double(pc.attn), to_double(naive.attn), ref.attn, 0, "attn");
+    check_rule(to_double(pc.o2), to_double(naive.o2), ref.o2, 0, "o2");
+    check_rule(to_double(pc.rstd), to_double(naive.rstd), ref.rstd, 0, "rstd");
+    check_rule(to_double(pc.mean), to_double(naive.mean), ref.mean, 0, "mean");
+
+    // bitwise reproducible for a fixed thread count
+    Problem<Elem> again(s, seed, split);
+    da::Params p2 = again.params();
+    REQUIRE(da::cpu::forward(p2, opt).ok());
+    CHECK(same_bits(pc.out, again.out));
+    CHECK(same_bits(pc.lse1, again.lse1));
+    CHECK(same_bits(pc.lse2, again.lse2));
+    CHECK(same_bits(pc.attn, again.attn));
+  }
+}
+
+Shape shape(i64 N, i64 S, i64 H, i64 Hkv, i64 d, da::MaskKind m) {
+  Shape s;
+  s.B = 1; s.N = N; s.S = S; s.H = H; s.Hkv = Hkv; s.d = d; s.mask = m;
+  if (m == da::MaskKind::window) { s.wl = 16; s.wr = 3; }
+  return s;
+}
+
+const std::pair<i64, i64> kAwkward[] = {{1, 1}, {7, 65}, {65, 7}, {127, 127}, {257, 257},
+                                        {1, 257}, {257, 1}, {65, 129}};
+const da::MaskKind kMasks[] = {da::MaskKind::none, da::MaskKind::causal, da::MaskKind::window};
+
+template <class Elem>
+void awkward_sizes(std::uint64_t seed) {
+  for (auto [N, S] : kAwkward)
+    for (da::MaskKind m : kMasks) run_case<Elem>(shape(N, S, 4, 2, 32, m), ++seed);
+}
+
+template <class Elem>
+void head_dims_and_gqa(std::uint64_t seed) {
+  for (i64 d : {32, 64, 128})
+    for (i64 hkv : {4, 2, 1})
+      for (da::MaskKind m : kMasks) {
+        Shape s = shape(d == 128 ? 70 : 130, d == 128 ? 97 : 150, 4, hkv, d, m);
+        s.B = hkv == 2 ? 2 : 1;
+        run_case<Elem>(s, ++seed);
+      }
+}
+
+}  // namespace
+
+TEST_CASE("cpu forward f32: awkward sizes x masks x threads") { awkward_sizes<float>(100); }
+TEST_CASE("cpu forward f16: awkward sizes x masks x threads") { awkward_sizes<da::half>(200); }
+TEST_CASE("cpu forward bf16: awkward sizes x masks x threads") { awkward_sizes<da::bfloat16>(300); }
+TEST_CASE("cpu forward f32: head dims 32/64/128 x GQA 1/2/4 x masks") { head_dims_and_gqa<float>(400); }
+TEST_CASE("cpu forward f16: head dims 32/64/128 x GQA 1/2/4 x masks") { head_dims_and_gqa<da::half>(500); }
+TEST_CASE("cpu forward bf16: head dims 32/64/128 x GQA 1/2/4 x masks") { head_dims_and_gqa<da::bfloat16>(600); }
+
+TEST_CASE("cpu forward: other head dims (8, 40, 256), odd and wide") {
+  std::uint64_t seed = 700;
+  for (i64 d : {8, 40, 256}) {
+    run_case<float>(shape(33, 70, 2, 1, d, da::MaskKind::causal), ++seed);
+    run_case<da::bfloat16>(shape(33, 70, 2, 1, d, da::MaskKind::none), ++seed);
+  }
+}
+
+TEST_CASE("cpu forward: norms, per-head lambda, split BHSD layout, windows") {
+  std::uint64_t seed = 800;
+  Shape s = shape(100, 90, 4, 2, 64, da::MaskKind::none);
+  s.norm = da::NormKind::group; s.beta = true;
+  run_case<float>(s, ++seed, /*split=*/true);
+  run_case<da::half>(s, ++seed);
+  s.mask = da::MaskKind::causal;  // fully masked rows with a bias: out = (1 - lambda_init) beta
+  s.N = 100; s.S = 40;
+  run_case<float>(s, ++seed);
+  s = shape(90, 100, 4, 4, 32, da::MaskKind::window);
+  s.norm = da::NormKind::none; s.gamma = false; s.per_head = true;
+  run_case<float>(s, ++seed, /*split=*/true);
+  s.norm = da::NormKind::rms; s.gamma = false;
+  s.wl = 0; s.wr = 0;  // each row sees one key
+  run_case<da::bfloat16>(s, ++seed);
+  s.wl = 5; s.wr = -1;  // unbounded on the right
+  run_case<float>(s, ++seed);
+  s.wl = -1; s.wr = 7;  // unbounded on the left
+  s.N = 200; s.S = 70;  // rows past the keys: fully masked
+  run_case<float>(s, ++seed);
+}
+
+TEST_CASE("cpu forward: decoding (N = 1, long S) splits keys and matches") {
+  std::uint64_t seed = 900;
+  for (i64 S : {1000, 4097}) {
+    run_case<float>(shape(1, S, 2, 1, 64, da::MaskKind::causal), ++seed);
+    run_case<da::bfloat16>(shape(3, S, 1, 1, 128, da::MaskKind::window), ++seed);
+  }
+}
+
+TEST_CASE("cpu forward: results do not depend on the thread count without key splits") {
+  Shape s = shape(300, 200, 4, 2, 64, da::MaskKind::causal);
+  Problem<float> a(s, 1), b(s, 1);
+  da::Params pa = a.params(), pb = b.params();
+  da::cpu::Options o1, o2;
+  o1.num_threads = 1;
+  o2.num_threads = 2;
+  REQUIRE(da::cpu::forward(pa, o1).ok());
+  REQUIRE(da::cpu::forward(pb, o2).ok());
+  CHECK(same_bits(a.out, b.out));
+  CHECK(same_bits(a.lse1, b.lse1));
+}
+
+TEST_CASE("cpu forward: caller scratch") {
+  Shape s = shape(70, 90, 2, 1, 32, da::MaskKind::none);
+  Problem<float> a(s, 3), b(s, 3);
+  da::Params pa = a.params(), pb = b.params();
+  da::cpu::Options o;
+  o.num_threads = 2;
+  std::vector<unsigned char> buf(da::cpu::workspace_bytes(pb, o) + 3);
+  REQUIRE(da::cpu::forward(pa, o).ok());
+  o.scratch = buf.data() + 3;  // any alignment
+  o.scratch_bytes = buf.size() - 3;
+  REQUIRE(da::cpu::forward(pb, o).ok());
+  CHECK(same_bits(a.out, b.out));
+}
+
+TEST_CASE("cpu forward: NaN in an input row shows up in that row's output") {
+  Shape s = shape(20, 20, 1, 1, 32, da::MaskKind::none);
+  Problem<float> a(s, 5);
+  a.q[3 * 2 * 32 + 1] = std::numeric_limits<float>::quiet_NaN();  // row 3 of q1
+  da::Params p = a.params();
+  REQUIRE(da::cpu::forward(p).ok());
+  CHECK(std::isnan(a.out[3 * 64]));
+  CHECK(std::isfinite(a.out[2 * 64]));
+}
+
+TEST_CASE("cpu forward: bad input returns validate()'s status and writes nothing") {
+  Shape s = shape(9, 9, 2, 1, 32, da::MaskKind::causal);
+  auto untouched = [](const Problem<float>& pr) {
+    for (float x : pr.out) if (!std::isnan(x)) return false;
+    for (float x : pr.lse1) if (!std::isnan(x)) return false;
+    return true;
+  };
+  {
+    Problem<float> pr(s, 1);
+    da::Params p = pr.params();
+    p.q1.ptr = nullptr;
+    const da::Status st = da::cpu::forward(p);
+    CHECK(st.code() == da::StatusCode::invalid_argument);
+    CHECK(st.message().find("q1") != std::string::npos);
+    CHECK(untouched(pr));
+  }
+  {
+    Problem<double> pr(s, 1);
+    da::Params p = pr.params();
+    CHECK(da::cpu::forward(p).code() == da::StatusCode::unsupported);  // f64 elements
+  }
+  {
+    Shape t = s;
+    t.d = 264;
+    Problem<float> pr(t, 1);
+    da::Params p = pr.params();
+    const da::Status st = da::cpu::forward(p);
+    CHECK(st.code() == da::StatusCode::unsupported);
+    CHECK(st.message().find("head_dim") != std::string::npos);
+  }
+  {
+    Problem<float> pr(s, 1);
+    da::Params p = pr.params();
+    p.heads = 3;  // not a multiple of kv_heads... and of the buffers
+    p.kv_heads = 2;
+    CHECK(da::cpu::forward(p).code() == da::StatusCode::invalid_argument);
+    CHECK(untouched(pr));
+  }
+  {
+    Problem<float> pr(s, 1);
+    da::Params p = pr.params();
+    p.out.ptr = pr.q.data();  // output over an input
+    CHECK(da::cpu::forward(p).code() == da::StatusCode::invalid_argument);
+  }
+  {
+    Problem<float> pr(s, 1);
+    da::Params p = pr.params();
+    da::cpu::Options o;
+    o.num_threads = -1;
+    CHECK(da::cpu::forward(p, o).code() == da::StatusCode::invalid_argument);
+    o.num_threads = 1;
+    unsigned char small[16];
+    o.scratch = small;
+    o.scratch_bytes = sizeof small;
+    const da::Status st = da::cpu::forward(p, o);
+    CHECK(st.code() == da::StatusCode::invalid_argument);
+    CHECK(st.message().find("scratch") != std::string::npos);
+    CHECK(untouched(pr));
+  }
+}
