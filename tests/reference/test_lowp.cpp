@@ -1,24 +1,11 @@
 // half and bfloat16 inputs against the double reference on the same (rounded) inputs.
 #include <doctest/doctest.h>
 
-#include "support/problem.hpp"
+#include "support/naive_lowp.hpp"
 
 using namespace dt;
 
 namespace {
-
-// The same problem with every input widened exactly to double, and fresh poisoned outputs.
-template <class Elem>
-Problem<double> widen(const Problem<Elem>& src) {
-  Problem<double> w(src.sh, /*seed=*/0, src.split);
-  w.q = to_double(src.q); w.q2buf = to_double(src.q2buf);
-  w.k = to_double(src.k); w.k2buf = to_double(src.k2buf);
-  w.v = to_double(src.v);
-  auto f2d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
-  w.lq1 = f2d(src.lq1); w.lk1 = f2d(src.lk1); w.lq2 = f2d(src.lq2); w.lk2 = f2d(src.lk2);
-  w.gamma = f2d(src.gamma); w.beta = f2d(src.beta);
-  return w;
-}
 
 // Unit roundoff of the element type: the output is rounded once to it.
 template <class Elem> constexpr double unit_roundoff();

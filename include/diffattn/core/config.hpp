@@ -15,6 +15,14 @@
 #define DIFFATTN_HOST_DEVICE_ENABLED 0
 #endif
 
+// Fully unroll the next loop under nvcc (fragment arrays must stay in registers); nothing on
+// the host, where g++ would warn about an unknown pragma.
+#if defined(__CUDACC__)
+#define DIFFATTN_UNROLL _Pragma("unroll")
+#else
+#define DIFFATTN_UNROLL
+#endif
+
 // True only in nvcc's device compilation pass: the one place real PTX may be emitted
 // (include/diffattn/simt/ checks it; nothing else may use inline asm).
 #if defined(__CUDA_ARCH__)

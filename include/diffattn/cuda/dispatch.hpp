@@ -1,0 +1,75 @@
+// diffattn/cuda/dispatch.hpp: runtime (element type, head dim) -> compile-time configuration.
+//
+// The shipped configurations are listed ONCE, in DIFFATTN_CUDA_FORWARD_CONFIGS(X): X(fmt, d)
+// for each. CMake may define the macro to a trimmed list (DIFFATTN_CUDA_HEAD_DIMS and
+// DIFFATTN_CUDA_DTYPES options); the default is every configuration below. Anything not in the
+// list is an explicit `unsupported` error naming what is missing, never a silent no-op.
+#pragma once
+
+#include <string>
+
+#include "diffattn/core/params.hpp"
+#include "diffattn/core/status.hpp"
+#include "diffattn/core/validate.hpp"
+#include "diffattn/cuda/traits.hpp"
+
+#ifdef DIFFATTN_CUDA_CONFIG_HEADER
+#include DIFFATTN_CUDA_CONFIG_HEADER  // a build's trimmed list (CMake generates it)
+#endif
+#ifndef DIFFATTN_CUDA_FORWARD_CONFIGS
+#define DIFFATTN_CUDA_FORWARD_CONFIGS(X) \
+  X(f16, 32) X(f16, 64) X(f16, 96) X(f16, 128) X(bf16, 32) X(bf16, 64) X(bf16, 96) X(bf16, 128)
+#endif
+
+DIFFATTN_NAMESPACE_BEGIN
+namespace cuda {
+
+/// What the CUDA forward accepts: f16/bf16 elements, the head dims built, 16-byte aligned
+/// pointers and row strides (cp.async moves 16 bytes), lambda vectors in device memory.
+inline BackendCaps caps() {
+  BackendCaps c;
+  c.name = "cuda";
+  c.dtype_mask = (1u << static_cast<int>(DType::f16)) | (1u << static_cast<int>(DType::bf16));
+  int n = 0;
+  auto add = [&](std::int64_t d) {
+    for (int i = 0; i < n; ++i)
+      if (c.head_dims[i] == d) return;
+    if (n < 8) c.head_dims[n++] = d;
+  };
+#define DIFFATTN_X(fmt, d) add(d);
+  DIFFATTN_CUDA_FORWARD_CONFIGS(DIFFATTN_X)
+#undef DIFFATTN_X
+  c.max_head_dim = 256;
+  c.align_bytes = 16;
+  c.host_readable = false;
+  return c;
+}
+
+/// Calls f(ForwardTraits<fmt, d>{}) for the shipped configuration of (dtype, head_dim) and
+/// returns its status, or `unsupported` naming the configuration that is not built.
+template <class F>
+Status dispatch_forward(DType dtype, std::int64_t head_dim, F&& f) {
+#define DIFFATTN_X(fmt, d)                                               \
+  if (dtype == DType::fmt && head_dim == d) {                            \
+    return f(ForwardTraits<simt::fmt16::fmt, d>{});                      \
+  }
+  DIFFATTN_CUDA_FORWARD_CONFIGS(DIFFATTN_X)
+#undef DIFFATTN_X
+  return Status::Unsupported(std::string("cuda forward: no configuration built for dtype ") +
+                             dtype_name(dtype) + " and head_dim " + std::to_string(head_dim) +
+                             " (see DIFFATTN_CUDA_FORWARD_CONFIGS / the DIFFATTN_CUDA_HEAD_DIMS option)");
+}
+
+/// Checks what validate() cannot: options this kernel does not produce, grid limits.
+inline Status check_forward_support(const Params& p, std::int64_t block_m) {
+  if (p.extras.o2 != nullptr)
+    return Status::Unsupported("extras.o2: the cuda forward (two-pass, one accumulator) does not produce O_2");
+  if (p.batch * p.heads > 65535)
+    return Status::Unsupported("batch * heads must be <= 65535 for the cuda forward (grid.y)");
+  if ((p.seqlen_q + block_m - 1) / block_m > 2147483647)
+    return Status::Unsupported("seqlen_q too large for the cuda forward's grid");
+  return Status::Ok();
+}
+
+}  // namespace cuda
+DIFFATTN_NAMESPACE_END

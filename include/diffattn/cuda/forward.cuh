@@ -1,0 +1,48 @@
+// diffattn/cuda/forward.cuh: the CUDA forward (nvcc only).
+//
+//   diffattn::Status s = diffattn::cuda::forward(params, stream);
+//
+// Device pointers in params (q1 ... out, the lambda vectors, gamma, beta, extras). Validates
+// (nothing is launched or written on error), dispatches to a shipped configuration and
+// launches on `stream`; returns the launch status (asynchronous: errors inside the kernel
+// surface at the next synchronisation). forward_config<Traits>() is the per-configuration entry
+// for users who instantiate their own ForwardTraits.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "diffattn/core/params.hpp"
+#include "diffattn/core/status.hpp"
+#include "diffattn/core/validate.hpp"
+#include "diffattn/cuda/dispatch.hpp"
+#include "diffattn/cuda/forward_kernel.hpp"
+#include "diffattn/simt/launch.hpp"
+
+DIFFATTN_NAMESPACE_BEGIN
+namespace cuda {
+
+/// Launches one configuration; params must already be valid for it (no validation here).
+template <class Traits>
+Status forward_config(const Params& p, cudaStream_t stream) {
+  const simt::dim3 grid(static_cast<unsigned>((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),
+                        static_cast<unsigned>(p.batch * p.heads));
+  const cudaError_t e = simt::launch_device(grid, simt::dim3(Traits::kThreads), Traits::kSmemBytes, stream,
+                                            DiffAttnForwardKernel<Traits>{}, make_forward_args(p));
+  if (e != cudaSuccess) return Status::Internal(std::string("cuda forward launch: ") + cudaGetErrorString(e));
+  return Status::Ok();
+}
+
+/// The CUDA forward: validate, dispatch, launch on `stream`.
+inline Status forward(const Params& p, cudaStream_t stream = nullptr) {
+  Status s = validate(p, caps());
+  if (!s.ok()) return s;
+  return dispatch_forward(p.dtype, p.head_dim, [&](auto traits) {
+    using Tr = decltype(traits);
+    Status sup = check_forward_support(p, Tr::kBlockM);
+    if (!sup.ok()) return sup;
+    return forward_config<Tr>(p, stream);
+  });
+}
+
+}  // namespace cuda
+DIFFATTN_NAMESPACE_END

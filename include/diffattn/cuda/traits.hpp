@@ -1,0 +1,92 @@
+// diffattn/cuda/traits.hpp: one traits struct per forward-kernel configuration.
+//
+// Every size the kernel uses is derived here and checked with static_asserts that say what to
+// change. Tile sizes come from one constexpr function (default_block_n) that both the
+// instantiation list and the runtime dispatch use, so they cannot drift.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "diffattn/core/config.hpp"
+#include "diffattn/core/dtype.hpp"
+#include "diffattn/simt/config.hpp"
+
+DIFFATTN_NAMESPACE_BEGIN
+namespace cuda {
+
+/// Keys per tile, chosen by ptxas's register report for sm_80 (no GPU was available to time
+/// alternatives; nvcc 13.0, 4 warps, two-pass kernel):
+///   d <= 64: 64 keys (d = 64: 238 registers, no spill);
+///   d = 96:  32 keys (248 registers, no spill);
+///   d = 128: 16 keys: with 32 keys the (16, 256) accumulator plus two (16, 32) score tiles
+///            need 255 registers and spill 56 bytes; 16 keys: 246 registers, no spill.
+constexpr int default_block_n(int head_dim) {
+  return head_dim <= 64 ? 64 : (head_dim <= 96 ? 32 : 16);
+}
+
+/// Configuration of the fused forward.
+///
+/// @tparam F        16-bit input format (simt::fmt16::f16 or bf16); math is fp32.
+/// @tparam HeadDim  d, the head dim of each Q/K component; V and out have 2d. Multiple of 16.
+/// @tparam BlockM   query rows per block: 16 per warp. Default 64 (4 warps).
+/// @tparam BlockN   keys per tile. Default default_block_n(d).
+///
+/// The kernel is the two-pass form of DESIGN.md: pass 1 streams K1, K2 and computes the row
+/// max and sum of both softmaxes; pass 2 streams K1, K2, V again and accumulates
+/// (P_1 - lambda P_2) V into ONE fp32 accumulator of (16, 2d) per warp. Cost: K read twice and
+/// four exponentials per score pair; gain: half the accumulator registers of the single pass
+/// (d = 128: 128 accumulator registers per thread instead of 256, which cannot fit).
+template <simt::fmt16 F, int HeadDim, int BlockM = 64, int BlockN = default_block_n(HeadDim)>
+struct ForwardTraits {
+  static constexpr simt::fmt16 kFmt = F;
+  using Elem = std::conditional_t<F == simt::fmt16::f16, half, bfloat16>;
+  static constexpr DType kDType = F == simt::fmt16::f16 ? DType::f16 : DType::bf16;
+
+  static constexpr int kHeadDim = HeadDim;        // d
+  static constexpr int kValueDim = 2 * HeadDim;   // dv
+  static constexpr int kBlockM = BlockM;
+  static constexpr int kBlockN = BlockN;
+  static constexpr int kWarps = BlockM / 16;
+  static constexpr int kThreads = kWarps * 32;
+
+  static_assert(HeadDim % 16 == 0, "head dim must be a multiple of 16 (the mma k-step)");
+  static_assert(HeadDim >= 16 && HeadDim <= 256, "head dim must be in [16, 256]");
+  static_assert(BlockM % 16 == 0 && BlockM >= 16 && BlockM <= 256,
+                "BlockM must be 16 rows per warp, 1 to 16 warps");
+  static_assert(BlockN % 16 == 0 && BlockN >= 16,
+                "BlockN must be a multiple of 16 (the P V k-step, and K fragments come in pairs)");
+
+  // One 16-byte cp.async moves 8 elements; rows are padded by 8 elements (16 bytes) so that the
+  // 8 row addresses of one ldmatrix 8x8 fall in 8 different 16-byte bank groups.
+  static constexpr int kElemsPerChunk = 8;
+  static constexpr int kPad = 8;
+  static constexpr int kQStride = kHeadDim + kPad;   // elements per shared row of Q1/Q2/K1/K2
+  static constexpr int kVStride = kValueDim + kPad;  // elements per shared row of V
+  static_assert(kHeadDim % kElemsPerChunk == 0, "head dim must be a multiple of 8 (16-byte loads)");
+  static_assert((kQStride * 2) % 16 == 0 && (kVStride * 2) % 16 == 0,
+                "shared rows must stay 16-byte aligned for cp.async and ldmatrix");
+
+  static constexpr int kStages = 2;  // double-buffered K/V tiles
+  // shared memory layout (elements of 2 bytes): Q1 | Q2 | K[stage][comp] | V[stage]
+  static constexpr int kQTileElems = kBlockM * kQStride;
+  static constexpr int kKTileElems = kBlockN * kQStride;
+  static constexpr int kVTileElems = kBlockN * kVStride;
+  static constexpr int kOffQ1 = 0;
+  static constexpr int kOffQ2 = kQTileElems;
+  static constexpr int kOffK = 2 * kQTileElems;
+  static constexpr int kOffV = kOffK + kStages * 2 * kKTileElems;
+  static constexpr int kSmemElems = kOffV + kStages * kVTileElems;
+  static constexpr int kSmemBytes = kSmemElems * 2;
+  static_assert(kSmemBytes <= 163 * 1024, "shared memory exceeds sm_80's 163 KiB: shrink BlockN");
+
+  // fragment counts per warp
+  static constexpr int kSTiles = kBlockN / 8;      // n8 tiles of one S row block (16, BlockN)
+  static constexpr int kQKSteps = kHeadDim / 16;   // k16 steps of Q K^T
+  static constexpr int kPVSteps = kBlockN / 16;    // k16 steps of P V
+  static constexpr int kOTiles = kValueDim / 8;    // n8 tiles of the accumulator (16, dv)
+  static_assert(kOTiles % 2 == 0, "V fragments are loaded in pairs of n8 tiles");
+};
+
+}  // namespace cuda
+DIFFATTN_NAMESPACE_END

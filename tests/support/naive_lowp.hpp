@@ -1,0 +1,95 @@
+// tests/support/naive_lowp.hpp: the naive forward in a 16-bit kernel's own precision, for
+// DESIGN.md's tolerance rule ("a kernel's error may be at most 2x the error of the naive
+// computation in the kernel's own precision"): 16-bit inputs, fp32 scores, softmax and
+// accumulation, P = P_1 - lambda P_2 rounded to the element type before P V (as a tensor-core
+// kernel must), fp32 norm, output rounded to the element type.
+#pragma once
+
+#include "support/problem.hpp"
+
+namespace dt {
+
+struct NaiveLowp {
+  std::vector<double> out;   // [B, N, H, 2d], rounded to Elem
+  std::vector<double> attn;  // [B, H, N, 2d], A in fp32 before the norm
+};
+
+template <class Elem>
+NaiveLowp naive_lowp_forward(const Problem<Elem>& pr) {
+  const Shape& s = pr.sh;
+  const i64 N = s.N, S = s.S, H = s.H, d = s.d, dv = 2 * d, rep = s.H / s.Hkv;
+  const float scale = 1.0f / std::sqrt(float(d));
+  const auto vis = spec_mask(s);
+  NaiveLowp res;
+  res.out.assign(s.B * N * H * dv, 0.0);
+  res.attn.assign(s.B * N * H * dv, 0.0);
+  for (i64 b = 0; b < s.B; ++b)
+    for (i64 h = 0; h < H; ++h) {
+      const i64 g = h / rep, lo = s.per_head ? h * d : 0;
+      float dot1 = 0, dot2 = 0;
+      for (i64 x = 0; x < d; ++x) {
+        dot1 += pr.lq1[lo + x] * pr.lk1[lo + x];
+        dot2 += pr.lq2[lo + x] * pr.lk2[lo + x];
+      }
+      const float lambda = std::exp(dot1) - std::exp(dot2) + float(s.lambda_init);
+      for (i64 i = 0; i < N; ++i) {
+        std::vector<float> p(S, 0.f);
+        for (int c = 0; c < 2; ++c) {
+          std::vector<float> sc(S, -INFINITY);
+          float mx = -INFINITY;
+          for (i64 j = 0; j < S; ++j) {
+            if (!vis(i, j)) continue;
+            float acc = 0;
+            for (i64 x = 0; x < d; ++x) acc += float(pr.q_at(c, b, i, h, x)) * float(pr.k_at(c, b, j, g, x));
+            sc[j] = acc * scale;
+            mx = std::max(mx, sc[j]);
+          }
+          float sum = 0;
+          for (i64 j = 0; j < S; ++j) if (vis(i, j)) sum += std::exp(sc[j] - mx);
+          for (i64 j = 0; j < S; ++j)
+            if (vis(i, j)) p[j] += (c == 0 ? 1.f : -lambda) * std::exp(sc[j] - mx) / sum;
+        }
+        std::vector<float> a(dv, 0.f);
+        for (i64 j = 0; j < S; ++j) {
+          const float pj = float(from_double<Elem>(p[j]));  // rounded as the kernel's mma input
+          for (i64 x = 0; x < dv; ++x) a[x] += pj * float(pr.v_at(b, j, g, x));
+        }
+        float mean = 0, ms = 0;
+        for (float x : a) { mean += x; ms += x * x; }
+        mean /= dv; ms /= dv;
+        float var = 0;
+        for (float x : a) var += (x - mean) * (x - mean);
+        var /= dv;
+        for (i64 x = 0; x < dv; ++x) {
+          float y = a[x];
+          const float gm = s.gamma ? pr.gamma[x] : 1.f;
+          if (s.norm == da::NormKind::rms) y = a[x] / std::sqrt(ms + 1e-5f) * gm;
+          if (s.norm == da::NormKind::group) y = (a[x] - mean) / std::sqrt(var + 1e-5f) * gm + (s.beta ? pr.beta[x] : 0.f);
+          res.out[((b * N + i) * H + h) * dv + x] = double(float(from_double<Elem>((1 - float(s.lambda_init)) * y)));
+          res.attn[((b * H + h) * N + i) * dv + x] = a[x];
+        }
+      }
+    }
+  return res;
+}
+
+inline double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+/// The same problem with every input widened exactly to double, and fresh poisoned outputs.
+template <class Elem>
+Problem<double> widen(const Problem<Elem>& src) {
+  Problem<double> w(src.sh, /*seed=*/0, src.split);
+  w.q = to_double(src.q); w.q2buf = to_double(src.q2buf);
+  w.k = to_double(src.k); w.k2buf = to_double(src.k2buf);
+  w.v = to_double(src.v);
+  auto f2d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  w.lq1 = f2d(src.lq1); w.lk1 = f2d(src.lk1); w.lq2 = f2d(src.lq2); w.lk2 = f2d(src.lk2);
+  w.gamma = f2d(src.gamma); w.beta = f2d(src.beta);
+  return w;
+}
+
+}  // namespace dt
