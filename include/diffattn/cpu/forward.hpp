@@ -29,6 +29,7 @@
 #include <cmath>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 #include "diffattn/core/config.hpp"
 #include "diffattn/core/dtype.hpp"
@@ -36,6 +37,7 @@
 #include "diffattn/core/params.hpp"
 #include "diffattn/core/status.hpp"
 #include "diffattn/core/validate.hpp"
+#include "diffattn/cpu/detail/amx.hpp"
 #include "diffattn/cpu/detail/kernel.hpp"
 #include "diffattn/cpu/detail/pool.hpp"
 
@@ -73,6 +75,7 @@ struct Plan {
   int nsplit = 1;
   std::int64_t nqb = 0;
   std::int64_t units = 0;  ///< B * H * nqb query blocks
+  bool amx = false;        ///< bfloat16 products on AMX (detail/amx.hpp)
   Geometry geo;
   std::size_t thread_bytes = 0, split_bytes = 0;
   std::size_t bytes() const { return 64 + static_cast<std::size_t>(threads) * thread_bytes + split_bytes; }
@@ -84,6 +87,7 @@ inline Plan make_plan(const Params& p, const Options& o) {
   t = std::max(t, 1);
   pl.geo.d = p.head_dim;
   pl.geo.dv = 2 * p.head_dim;
+  pl.amx = p.dtype == DType::bf16 && amx_usable(p.head_dim);
   pl.nqb = (p.seqlen_q + kBlockM - 1) / kBlockM;
   pl.units = p.batch * p.heads * pl.nqb;
   const std::int64_t key_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
@@ -134,6 +138,19 @@ void run_typed(const Params& p, const Plan& pl, void* ws_raw) {
   };
   auto process = [&](int nv, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
                      const ThreadScratch& ts, const State& st) {
+#if DIFFATTN_CPU_AMX
+    if constexpr (std::is_same_v<Elem, bfloat16>) {
+      if (pl.amx) {
+        switch (nv) {
+          case 1: process_item_amx<1>(cx, b, h, qb, s, ts, st); break;
+          case 2: process_item_amx<2>(cx, b, h, qb, s, ts, st); break;
+          case 3: process_item_amx<3>(cx, b, h, qb, s, ts, st); break;
+          default: process_item_amx<4>(cx, b, h, qb, s, ts, st); break;
+        }
+        return;
+      }
+    }
+#endif
     switch (nv) {
       case 1: process_item<Elem, 1>(cx, b, h, qb, s, ts, st); break;
       case 2: process_item<Elem, 2>(cx, b, h, qb, s, ts, st); break;
@@ -196,6 +213,10 @@ void run_typed(const Params& p, const Plan& pl, void* ws_raw) {
 inline std::size_t workspace_bytes(const Params& p, const Options& o = {}) {
   return detail::make_plan(p, o).bytes();
 }
+
+/// True when bfloat16 inputs of head dim d run their products on AMX tiles in this build and
+/// process (P is then rounded to bfloat16 for P V); false: fp32 FMA math as for f32 and f16.
+inline bool bf16_uses_amx(std::int64_t d) { return detail::amx_usable(d); }
 
 /// The tiled CPU forward. Validates first (validate(p, cpu::caps())); on error returns that
 /// status and writes nothing. Also rejects num_threads < 0 and a caller scratch smaller than

@@ -52,7 +52,7 @@ struct Geometry {
   /// Floats of one thread's scratch (state included).
   std::int64_t thread_floats() const {
     return 2 * round16(d * kBlockM) + kBlockN * kBlockM + state_floats() + 2 * kBlockM + round16(dv) +
-           2 * round16(kBlockN * ldk()) + round16(kBlockN * ldv());
+           2 * round16(kBlockN * ldk()) + round16(kBlockN * ldv()) + kBlockN / 2 * kBlockM;
   }
 };
 
@@ -78,6 +78,7 @@ struct ThreadScratch {
   float* st;             // (kBlockN, NV*16)
   float* kbuf[2];        // (kBlockN, ldk) packed (and widened) K_c block
   float* vbuf;           // (kBlockN, ldv) packed V block
+  std::uint32_t* pp;     // (kBlockN / 2, kBlockM) bf16 pairs of P^T (AMX path)
   float* arow;           // (dv) one row of A in the epilogue
   std::int32_t* kb;      // (kBlockM) first visible key of each row
   std::int32_t* ke;      // (kBlockM) one past the last visible key
@@ -94,7 +95,8 @@ struct ThreadScratch {
     t.arow = p; p += round16(g.dv);
     t.kbuf[0] = p; p += round16(kBlockN * g.ldk());
     t.kbuf[1] = p; p += round16(kBlockN * g.ldk());
-    t.vbuf = p;
+    t.vbuf = p; p += round16(kBlockN * g.ldv());
+    t.pp = reinterpret_cast<std::uint32_t*>(p);
     return t;
   }
 };

@@ -1,0 +1,264 @@
+// diffattn/cpu/detail/amx.hpp: the bfloat16 work item on Intel AMX (TDPBF16PS tiles).
+//
+// Measured on the project machine (Sapphire Rapids, one core): fp32 FMA 220 GFLOP/s,
+// AVX512_BF16's vdpbf16ps only 110 (half the FMA rate there, so it does not pay), and AMX
+// TDPBF16PS 3100. So bfloat16 inputs run their two products on AMX when the compiler targets it
+// (__AMX_TILE__, __AMX_BF16__) and Linux grants the tile state (arch_prctl); otherwise they take
+// the fp32 path of kernel.hpp. The layouts stay those of kernel.hpp (queries along the lanes):
+//   S_c^T (16 keys x 16 queries tiles) = K_c (16 x 32 bf16, A) . Q_c^T (pairs of k, B)
+//   O_c^T (16 channels x 16 queries)  += V^T (16 x 32 keys bf16, A) . P_c^T (pairs of keys, B)
+// P is rounded to bfloat16 for the second product (relative error 2^-9 per term, as any bf16
+// computation of P V has; the tests account for it). The online softmax, the key range, the
+// masks and the epilogue are kernel.hpp's.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "diffattn/core/config.hpp"
+#include "diffattn/cpu/detail/kernel.hpp"
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && \
+    defined(__linux__)
+#define DIFFATTN_CPU_AMX 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define DIFFATTN_CPU_AMX 0
+#endif
+
+DIFFATTN_NAMESPACE_BEGIN
+namespace cpu {
+namespace detail {
+
+#if DIFFATTN_CPU_AMX
+
+/// True once Linux has granted this process the AMX tile state (asked once).
+inline bool amx_ready() {
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+/// bf16 items go to AMX when it is available and d is a multiple of 32 (one tile of k).
+inline bool amx_usable(std::int64_t d) { return d % 32 == 0 && amx_ready(); }
+
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+/// Every tile 16 rows x 64 bytes: tmm0-3 accumulators (one per 16 queries), tmm4 A, tmm5 B.
+inline void amx_configure() {
+  TileConfig c;
+  for (int t = 0; t < 6; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
+  _tile_loadconfig(&c);
+}
+
+/// In-register transpose of a 16 x 16 block of 32-bit words.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[4 * k + 0] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+    r[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+    r[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+    r[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    t[k] = _mm512_shuffle_i32x4(r[k], r[k + 4], 0x88);
+    t[k + 4] = _mm512_shuffle_i32x4(r[k], r[k + 4], 0xdd);
+    t[k + 8] = _mm512_shuffle_i32x4(r[k + 8], r[k + 12], 0x88);
+    t[k + 12] = _mm512_shuffle_i32x4(r[k + 8], r[k + 12], 0xdd);
+  }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0xdd);
+  }
+}
+
+/// vt (dv, 64 keys) bf16 = V^T of keys [0, nj) (zero past nj): rows of 128 bytes. Pairs of keys
+/// are 32-bit words, so it is a 32-bit transpose of the key-pair interleave of V.
+inline void pack_vt(const bfloat16* v, std::int64_t ldv, int nj, std::int64_t dv, std::uint32_t* vt) {
+  for (int jp0 = 0; jp0 < kBlockN / 2; jp0 += 16) {
+    for (std::int64_t c0 = 0; c0 < dv; c0 += 16) {
+      __m512i r[16];
+      for (int q = 0; q < 16; ++q) {
+        const int j = 2 * (jp0 + q);
+        const __m512i lo = j < nj ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j * ldv + c0)))
+                                  : _mm512_setzero_si512();
+        const __m512i hi = j + 1 < nj ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + (j + 1) * ldv + c0)))
+                                      : _mm512_setzero_si512();
+        r[q] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));  // row q: key pair jp0 + q, 16 channels
+      }
+      transpose16(r);  // row q: channel c0 + q, 16 key pairs
+      for (int q = 0; q < 16; ++q) _mm512_storeu_si512(vt + (c0 + q) * (kBlockN / 2) + jp0, r[q]);
+    }
+  }
+}
+
+/// pp (ceil(nj/32)*16 key pairs, NV*16) 32-bit words: (P^T[2jp][i], P^T[2jp+1][i]) in bf16.
+template <int NV>
+inline void pack_p(const float* st, int nj, std::uint32_t* pp) {
+  constexpr int ld = NV * kLanes;
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const int npairs = (nj + 31) / 32 * 16;
+  for (int jp = 0; jp < npairs; ++jp) {
+    const int j = 2 * jp;
+    for (int v = 0; v < NV; ++v) {
+      const __m512 a = j < nj ? _mm512_loadu_ps(st + j * ld + v * kLanes) : _mm512_setzero_ps();
+      const __m512 b = j + 1 < nj ? _mm512_loadu_ps(st + (j + 1) * ld + v * kLanes) : _mm512_setzero_ps();
+      const __m512i ab = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));  // a in the low half
+      _mm512_storeu_si512(pp + jp * ld + v * kLanes, _mm512_permutexvar_epi16(idx, ab));
+    }
+  }
+}
+
+/// C tiles tmm0..tmm(NV-1) += tmm4 . tmm5 after loading B for query vector v.
+template <int NV>
+inline void dp_all(const std::uint32_t* b, int ldb_bytes) {
+  _tile_loadd(5, b, ldb_bytes);
+  _tile_dpbf16ps(0, 4, 5);
+  if constexpr (NV > 1) { _tile_loadd(5, b + 16, ldb_bytes); _tile_dpbf16ps(1, 4, 5); }
+  if constexpr (NV > 2) { _tile_loadd(5, b + 32, ldb_bytes); _tile_dpbf16ps(2, 4, 5); }
+  if constexpr (NV > 3) { _tile_loadd(5, b + 48, ldb_bytes); _tile_dpbf16ps(3, 4, 5); }
+}
+template <int NV>
+inline void store_c(float* c, int ldc_bytes) {
+  _tile_stored(0, c, ldc_bytes);
+  if constexpr (NV > 1) _tile_stored(1, c + 16, ldc_bytes);
+  if constexpr (NV > 2) _tile_stored(2, c + 32, ldc_bytes);
+  if constexpr (NV > 3) _tile_stored(3, c + 48, ldc_bytes);
+}
+template <int NV>
+inline void load_c(const float* c, int ldc_bytes) {
+  _tile_loadd(0, c, ldc_bytes);
+  if constexpr (NV > 1) _tile_loadd(1, c + 16, ldc_bytes);
+  if constexpr (NV > 2) _tile_loadd(2, c + 32, ldc_bytes);
+  if constexpr (NV > 3) _tile_loadd(3, c + 48, ldc_bytes);
+}
+template <int NV>
+inline void zero_c() {
+  _tile_zero(0);
+  if constexpr (NV > 1) _tile_zero(1);
+  if constexpr (NV > 2) _tile_zero(2);
+  if constexpr (NV > 3) _tile_zero(3);
+}
+
+/// process_item of kernel.hpp for bfloat16 elements on AMX (same state, same results layout).
+/// Scratch reuse: qt[c] holds Q_c^T key pairs, kbuf[c] the K_c block (bf16, zero rows past nj),
+/// vbuf V^T, and pp the bf16 pairs of P^T.
+template <int NV>
+void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
+                      const ThreadScratch& ts, const State& state) {
+  constexpr int ld = NV * kLanes;
+  const Params& p = *cx.p;
+  const std::int64_t d = cx.geo.d, dv = cx.geo.dv;
+  const std::int64_t i0 = qb * kBlockM, nr = std::min<std::int64_t>(kBlockM, cx.N - i0);
+  const std::int64_t g = h / cx.rep;
+  amx_configure();
+
+  // Q_c^T as pairs of k: qtp[kp][i] = (Q[i][2kp], Q[i][2kp+1]), zero past the last row
+  const ConstTensorRef* qs[2] = {&p.q1, &p.q2};
+  std::uint32_t* qtp[2] = {reinterpret_cast<std::uint32_t*>(ts.qt[0]), reinterpret_cast<std::uint32_t*>(ts.qt[1])};
+  for (int c = 0; c < 2; ++c) {
+    const bfloat16* q = static_cast<const bfloat16*>(qs[c]->ptr) + b * qs[c]->stride_b + h * qs[c]->stride_h;
+    for (std::int64_t i = 0; i < ld; ++i) {
+      if (i < nr) {
+        const bfloat16* row = q + (i0 + i) * qs[c]->stride_t;
+        for (std::int64_t kp = 0; kp < d / 2; ++kp) std::memcpy(&qtp[c][kp * ld + i], row + 2 * kp, 4);
+      } else {
+        for (std::int64_t kp = 0; kp < d / 2; ++kp) qtp[c][kp * ld + i] = 0;
+      }
+    }
+  }
+  for (int i = 0; i < ld; ++i) {
+    const bool real = i < nr;
+    ts.kb[i] = real ? static_cast<std::int32_t>(cx.mask.key_begin(i0 + i)) : 0;
+    ts.ke[i] = real ? static_cast<std::int32_t>(cx.mask.key_end(i0 + i)) : 0;
+  }
+  for (int c = 0; c < 2; ++c) {
+    for (int i = 0; i < ld; ++i) {
+      state.m[c][i] = -std::numeric_limits<float>::infinity();
+      state.l[c][i] = 0.0f;
+    }
+    std::fill(state.ot[c], state.ot[c] + dv * ld, 0.0f);
+  }
+
+  std::int64_t lo, hi;
+  item_key_range(cx, i0, nr, s, &lo, &hi);
+  const std::int64_t kb_last = cx.mask.key_begin(i0 + nr - 1), ke_first = cx.mask.key_end(i0);
+  const ConstTensorRef* ks[2] = {&p.k1, &p.k2};
+  const bfloat16* kbase[2];
+  for (int c = 0; c < 2; ++c)
+    kbase[c] = static_cast<const bfloat16*>(ks[c]->ptr) + b * ks[c]->stride_b + g * ks[c]->stride_h;
+  const bfloat16* vbase = static_cast<const bfloat16*>(p.v.ptr) + b * p.v.stride_b + g * p.v.stride_h;
+  bfloat16* kp[2] = {reinterpret_cast<bfloat16*>(ts.kbuf[0]), reinterpret_cast<bfloat16*>(ts.kbuf[1])};
+  std::uint32_t* vt = reinterpret_cast<std::uint32_t*>(ts.vbuf);
+  const int ldt = ld * 4;  // bytes per row of S^T, O^T, Q^T pairs and P^T pairs
+
+  Vec16 alpha[NV];
+  for (std::int64_t j0 = lo; j0 < hi; j0 += kBlockN) {
+    const int nj = static_cast<int>(std::min<std::int64_t>(kBlockN, hi - j0));
+    const int njt = (nj + 15) / 16;
+    const bool full = !cx.masked || (kb_last <= j0 && ke_first >= j0 + nj);
+    for (int c = 0; c < 2; ++c) {
+      for (int j = 0; j < nj; ++j) std::memcpy(kp[c] + j * d, kbase[c] + (j0 + j) * ks[c]->stride_t, d * 2);
+      std::memset(static_cast<void*>(kp[c] + nj * d), 0, (njt * 16 - nj) * d * 2);
+    }
+    pack_vt(vbase + j0 * p.v.stride_t, p.v.stride_t, nj, dv, vt);
+    for (int c = 0; c < 2; ++c) {
+      // S_c^T = K_c Q_c^T, 16 keys at a time
+      for (int jt = 0; jt < njt; ++jt) {
+        zero_c<NV>();
+        for (std::int64_t kc = 0; kc < d / 32; ++kc) {
+          _tile_loadd(4, kp[c] + jt * 16 * d + kc * 32, static_cast<int>(d * 2));
+          dp_all<NV>(qtp[c] + kc * 16 * ld, ldt);
+        }
+        store_c<NV>(ts.st + jt * 16 * ld, ldt);
+      }
+      online_softmax<NV>(cx, ts.st, nj, j0, full, ts.kb, ts.ke, state.m[c], state.l[c], alpha);
+      pack_p<NV>(ts.st, nj, ts.pp);
+      // O_c^T = alpha O_c^T + V^T P_c^T
+      __mmask16 not_one = 0;
+      for (int v = 0; v < NV; ++v) not_one |= _mm512_cmp_ps_mask(alpha[v].v, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
+      if (not_one) {
+        for (std::int64_t ch = 0; ch < dv; ++ch)
+          for (int v = 0; v < NV; ++v) {
+            float* o = state.ot[c] + ch * ld + v * kLanes;
+            vstore(o, vmul(vload(o), alpha[v]));
+          }
+      }
+      const int njc = (nj + 31) / 32;
+      for (std::int64_t ct = 0; ct < dv / 16; ++ct) {
+        load_c<NV>(state.ot[c] + ct * 16 * ld, ldt);
+        for (int jc = 0; jc < njc; ++jc) {
+          _tile_loadd(4, vt + ct * 16 * (kBlockN / 2) + jc * 16, kBlockN * 2);
+          dp_all<NV>(ts.pp + jc * 16 * ld, ldt);
+        }
+        store_c<NV>(state.ot[c] + ct * 16 * ld, ldt);
+      }
+    }
+  }
+  _tile_release();
+}
+
+#else
+
+inline bool amx_ready() { return false; }
+inline bool amx_usable(std::int64_t) { return false; }
+
+#endif
+
+}  // namespace detail
+}  // namespace cpu
+DIFFATTN_NAMESPACE_END
