@@ -160,11 +160,11 @@ Params make_official_params(std::int64_t B, std::int64_t N, std::int64_t S, std:
   p.kv_heads = Hkv;
   p.head_dim = d;
   p.dtype = dtype_of_v<T>;
-  const std::int64_t qh = 2 * d;  // stride between diff heads (two query heads of d)
-  p.q1 = {q, N * 2 * H * d, 2 * H * d, qh};
-  p.q2 = {q == nullptr ? nullptr : q + d, N * 2 * H * d, 2 * H * d, qh};
-  p.k1 = {k, S * 2 * Hkv * d, 2 * Hkv * d, qh};
-  p.k2 = {k == nullptr ? nullptr : k + d, S * 2 * Hkv * d, 2 * Hkv * d, qh};
+  // the stride between diff heads is 2d: two query (key) heads of d each
+  p.q1 = {q, N * 2 * H * d, 2 * H * d, 2 * d};
+  p.q2 = {q == nullptr ? nullptr : q + d, N * 2 * H * d, 2 * H * d, 2 * d};
+  p.k1 = {k, S * 2 * Hkv * d, 2 * Hkv * d, 2 * d};
+  p.k2 = {k == nullptr ? nullptr : k + d, S * 2 * Hkv * d, 2 * Hkv * d, 2 * d};
   p.v = {v, S * Hkv * 2 * d, Hkv * 2 * d, 2 * d};
   p.out = {out, N * H * 2 * d, H * 2 * d, 2 * d};
   return p;

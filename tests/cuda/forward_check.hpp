@@ -1,0 +1,81 @@
+// tests/cuda/forward_check.hpp: one forward case of a CUDA configuration, run by any runner
+// (the emulator, or a real GPU), checked against the double reference with DESIGN.md's rule.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "support/naive_lowp.hpp"
+
+namespace dt {
+
+/// Worst errors seen over the cases of one configuration (reported by the tests).
+struct ErrorStats {
+  double kernel_err = 0, naive_err = 0, out_ratio = 0, attn_ratio = 0;
+};
+
+/// Runs `run(params)` on a fresh random problem of shape s and checks out, A, LSEs and rstd.
+/// `run` must write the params' outputs (host memory) or return an error status.
+template <class Traits>
+void check_forward_case(const Shape& s, std::uint64_t seed, bool split,
+                        const std::function<da::Status(const da::Params&)>& run, ErrorStats& st) {
+  using Elem = typename Traits::Elem;
+  INFO(std::string(da::dtype_name(Traits::kDType)) << " d=" << Traits::kHeadDim << " seed " << seed << " "
+                                                   << s.str() << " split=" << split);
+  Problem<Elem> pr(s, seed, split);
+  Problem<double> ref = widen(pr);
+  da::Params p = pr.params(), pref = ref.params();
+  p.extras.o2 = nullptr;  // not produced by the two-pass kernel (checked separately)
+  const da::Status status = run(p);
+  REQUIRE_MESSAGE(status.ok(), status.to_string());
+  REQUIRE(da::reference::forward<double>(pref).ok());
+  // DESIGN.md's rule: at most 2x the error of the naive computation in the kernel's precision
+  // (16-bit inputs and P, fp32 math, 16-bit output), plus a floor of 2 units in the last place
+  // of a 16-bit output of magnitude ~1 (covers exp2.approx and summation-order differences
+  // when the naive error of a case happens to be tiny).
+  const NaiveLowp naive = naive_lowp_forward(pr);
+  const double naive_err = max_abs_diff(naive.out, ref.out);
+  const double u = Traits::kFmt == da::simt::fmt16::f16 ? 0x1p-11 : 0x1p-8;
+  const double tol = 2 * naive_err + 2 * u;
+  INFO("naive error " << naive_err << ", tolerance " << tol);
+  check_close(to_double(pr.out), ref.out, tol, 0, "out");
+  // A (fp32, before the norm and the output rounding): the sharpest view of the kernel's math
+  const double naive_attn_err = max_abs_diff(naive.attn, ref.attn);
+  check_close(to_double(pr.attn), ref.attn, 2 * naive_attn_err + 1e-6, 0, "attn (A)");
+  // LSE: fp32 sums of exact products of 16-bit inputs; ~d * 2^-24 relative, 1e-4 leaves margin
+  check_close(to_double(pr.lse1), ref.lse1, 1e-4, 1e-4, "lse1");
+  check_close(to_double(pr.lse2), ref.lse2, 1e-4, 1e-4, "lse2");
+  check_close(to_double(pr.rstd), ref.rstd, 0, 4 * u + 1e-4, "rstd");
+  const double kernel_err = max_abs_diff(to_double(pr.out), ref.out);
+  const double kernel_attn_err = max_abs_diff(to_double(pr.attn), ref.attn);
+  st.kernel_err = std::max(st.kernel_err, kernel_err);
+  st.naive_err = std::max(st.naive_err, naive_err);
+  if (naive_err > 0) st.out_ratio = std::max(st.out_ratio, kernel_err / naive_err);
+  if (naive_attn_err > 0) st.attn_ratio = std::max(st.attn_ratio, kernel_attn_err / naive_attn_err);
+}
+
+/// The shapes every configuration is checked on: awkward sizes, every mask, GQA, all norms,
+/// per-head lambda, the split layout, B > 1, fully masked rows.
+template <class Traits>
+void check_forward_suite(const std::function<da::Status(const da::Params&)>& run, ErrorStats& st) {
+  std::uint64_t seed = 100 * Traits::kHeadDim + (Traits::kFmt == da::simt::fmt16::f16 ? 0 : 50);
+  const std::pair<i64, i64> sizes[] = {{1, 1}, {7, 65}, {65, 7}, {127, 66}, {17, 130}, {257, 257}};
+  for (auto [N, S] : sizes) {
+    for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal, da::MaskKind::window}) {
+      Shape s;
+      s.B = 1; s.N = N; s.S = S; s.H = 4; s.Hkv = 2; s.d = Traits::kHeadDim; s.mask = m;
+      if (m == da::MaskKind::window) { s.wl = 9; s.wr = 20; }
+      check_forward_case<Traits>(s, ++seed, false, run, st);
+    }
+  }
+  Shape s;
+  s.B = 2; s.N = 70; s.S = 33; s.H = 3; s.Hkv = 1; s.d = Traits::kHeadDim;  // MQA 3:1
+  s.mask = da::MaskKind::causal;  // N > S: rows 0-36 fully masked
+  s.norm = da::NormKind::group; s.beta = true; s.per_head = true;
+  check_forward_case<Traits>(s, 7, /*split=*/true, run, st);
+  s.norm = da::NormKind::none; s.gamma = false; s.beta = false; s.mask = da::MaskKind::window;
+  s.wl = 0; s.wr = 0; s.N = 40; s.S = 70;
+  check_forward_case<Traits>(s, 8, false, run, st);
+}
+
+}  // namespace dt
