@@ -23,6 +23,7 @@
 
 #include <Eigen/Core>
 
+#include <diffattn/cpu/detail/tiles.hpp>
 #include <diffattn/cpu/forward.hpp>
 #include <diffattn/diffattn.hpp>
 
@@ -142,6 +143,32 @@ void bm_eigen_sgemm(benchmark::State& state) {
   state.counters["threads"] = threads;
 }
 
+// The tile products of one 64-query block against 64 keys (d = 64, dv = 128), single thread:
+// our micro-tiles (cpu/detail/tiles.hpp) against Eigen on the same row-major operands, to show
+// which one the kernel should use at these sizes (issue 3: "measure before writing your own").
+void bm_tile(benchmark::State& state, bool ours, bool qk) {
+  constexpr int nq = 64, nj = 64, d = 64, dv = 128, NV = nq / da::cpu::detail::kLanes;
+  using RM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  RM k = RM::Random(nj, d), qt = RM::Random(d, nq), st(nj, nq);
+  RM v = RM::Random(nj, dv), pt = RM::Random(nj, nq), ot = RM::Zero(dv, nq);
+  da::cpu::detail::Vec16 alpha[NV];
+  for (auto& a : alpha) a = da::cpu::detail::vset1(1.0f);
+  for (auto _ : state) {
+    if (qk) {
+      if (ours) da::cpu::detail::qk_block<NV>(k.data(), d, nj, qt.data(), d, st.data());
+      else st.noalias() = k * qt;
+      benchmark::DoNotOptimize(st.data());
+    } else {
+      if (ours) da::cpu::detail::pv_block<NV>(v.data(), dv, nj, dv, pt.data(), alpha, ot.data());
+      else ot.noalias() += v.transpose() * pt;
+      benchmark::DoNotOptimize(ot.data());
+    }
+    benchmark::ClobberMemory();
+  }
+  const double flops = qk ? 2.0 * nj * nq * d : 2.0 * dv * nq * nj;
+  state.counters["flops"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 const char* mask_name(da::MaskKind m) {
   return m == da::MaskKind::none ? "none" : m == da::MaskKind::causal ? "causal" : "window";
 }
@@ -167,6 +194,10 @@ void register_dtype(const char* dname) {
 int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("peak/fma_f32", bm_fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("peak/eigen_sgemm/N:2048", bm_eigen_sgemm)->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (bool qk : {true, false})
+    for (bool ours : {true, false})
+      benchmark::RegisterBenchmark((std::string("tile/") + (ours ? "ours" : "eigen") + (qk ? "_qk" : "_pv") + "/d:64").c_str(),
+                                   [=](benchmark::State& s) { bm_tile(s, ours, qk); });
   register_dtype<float>("f32");
   register_dtype<da::bfloat16>("bf16");
   register_dtype<da::half>("f16");
