@@ -67,3 +67,22 @@ TEST_CASE("make_official_params: strides of the interleaved layout") {
   CHECK(p.kv_group(3) == 1);
   CHECK(p.scale() == doctest::Approx(0.125));
 }
+
+TEST_CASE("window sides of N + S or more (even INT64_MAX) mean unbounded, without overflow") {
+  for (i64 big : {i64{40}, i64{1} << 40, std::numeric_limits<i64>::max()}) {
+    da::Params p;
+    p.seqlen_q = 17; p.seqlen_k = 23;
+    p.mask = {da::MaskKind::window, big, 0};  // = causal
+    const da::RowMask m = da::make_row_mask(p);
+    da::Params c = p;
+    c.mask = {da::MaskKind::causal, -1, -1};
+    const da::RowMask mc = da::make_row_mask(c);
+    for (i64 i = 0; i < p.seqlen_q; ++i) {
+      REQUIRE(m.key_begin(i) == mc.key_begin(i));
+      REQUIRE(m.key_end(i) == mc.key_end(i));
+    }
+    p.mask = {da::MaskKind::window, 3, big};  // right side unbounded
+    const da::RowMask m2 = da::make_row_mask(p);
+    for (i64 i = 0; i < p.seqlen_q; ++i) REQUIRE(m2.key_end(i) == p.seqlen_k);
+  }
+}

@@ -112,6 +112,8 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
        }},
       {"stride not aligned as the backend needs", "v: strides must be multiples of 4 elements", INV,
        [](da::Params& p, auto&, da::BackendCaps& c) { c.align_bytes = 16; p.v.stride_t += 1; }},
+      {"sequence longer than the backend allows", "seqlen_q/seqlen_k", UNS,
+       [](da::Params&, auto&, da::BackendCaps& c) { c.max_seqlen = 6; }},
       {"lambda vector misaligned", "lambda.lq2 is not aligned", INV,
        [](da::Params& p, auto&, auto&) { p.lambda.lq2 = static_cast<const char*>(p.lambda.lq2) + 1; }},
   };
@@ -131,7 +133,7 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
     CHECK_MESSAGE(st.message().find(c.names) != std::string::npos, "message: " << st.message());
     // the entry point returns the same status and writes nothing
     if (caps.dtype_mask == da::reference::caps().dtype_mask && caps.max_head_dim == 1024 &&
-        caps.head_dims[0] == 0 && caps.align_bytes == 0) {
+        caps.head_dims[0] == 0 && caps.align_bytes == 0 && caps.max_seqlen == da::reference::caps().max_seqlen) {
       const da::Status sf = da::reference::forward<double>(p);
       CHECK(sf.code() == st.code());
       CHECK(sf.message() == st.message());
@@ -140,6 +142,30 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
     CHECK(bytes_of(pr.lse1) == lse0);
     CHECK(bytes_of(pr.attn) == attn0);
   }
+}
+
+TEST_CASE("validate: valid padded and interleaved output layouts are accepted") {
+  Shape s;
+  s.B = 2; s.N = 5; s.S = 7; s.H = 4; s.Hkv = 2; s.d = 8;
+  Problem<float> pr(s, 9);
+  const i64 dv = 2 * s.d, sh = dv + 8;  // heads padded by 8 elements
+  std::vector<float> big(s.B * s.N * s.H * sh * 2);
+  da::Params p = pr.params();
+  // token stride just covers the last head: (H - 1) * sh + dv, less than H * sh
+  p.out = {big.data(), s.N * ((s.H - 1) * sh + dv), (s.H - 1) * sh + dv, sh};
+  const da::Status st = da::validate(p, da::reference::caps());
+  CHECK_MESSAGE(st.ok(), st.to_string());
+  REQUIRE(da::reference::forward<double>(p).ok());
+  // a size-1 batch may have any batch stride, even one that breaks the backend's alignment
+  Shape s1 = s;
+  s1.B = 1;
+  Problem<float> one(s1, 10);
+  da::Params p1 = one.params();
+  p1.q1.stride_b = 3;
+  da::BackendCaps caps = da::reference::caps();
+  caps.align_bytes = 16;
+  const da::Status st1 = da::validate(p1, caps);
+  CHECK_MESSAGE(st1.ok(), st1.to_string());
 }
 
 TEST_CASE("validate: bad backward inputs are rejected, named, and nothing is written") {

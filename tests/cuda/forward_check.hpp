@@ -33,7 +33,7 @@ void check_forward_case(const Shape& s, std::uint64_t seed, bool split,
   // (16-bit inputs and P, fp32 math, 16-bit output), plus a floor of 2 units in the last place
   // of a 16-bit output of magnitude ~1 (covers exp2.approx and summation-order differences
   // when the naive error of a case happens to be tiny).
-  const NaiveLowp naive = naive_lowp_forward(pr);
+  const NaiveLowp naive = naive_lowp_forward(pr, /*separate=*/Traits::kSinglePass);
   const double naive_err = max_abs_diff(naive.out, ref.out);
   const double u = Traits::kFmt == da::simt::fmt16::f16 ? 0x1p-11 : 0x1p-8;
   const double tol = 2 * naive_err + 2 * u;
@@ -76,6 +76,14 @@ void check_forward_suite(const std::function<da::Status(const da::Params&)>& run
   s.norm = da::NormKind::none; s.gamma = false; s.beta = false; s.mask = da::MaskKind::window;
   s.wl = 0; s.wr = 0; s.N = 40; s.S = 70;
   check_forward_case<Traits>(s, 8, false, run, st);
+  // one-sided windows, and lambda above 1 (lambda_init 0.95) or below 0 (lambda_init -0.8):
+  // SPEC.md does not constrain lambda
+  Shape w;
+  w.B = 1; w.N = 50; w.S = 90; w.H = 2; w.Hkv = 2; w.d = Traits::kHeadDim; w.mask = da::MaskKind::window;
+  w.wl = -1; w.wr = 5; w.lambda_init = 0.95;
+  check_forward_case<Traits>(w, 9, false, run, st);
+  w.wl = 7; w.wr = -1; w.lambda_init = -0.8;
+  check_forward_case<Traits>(w, 10, false, run, st);
 }
 
 }  // namespace dt

@@ -15,7 +15,7 @@ struct NaiveLowp {
 };
 
 template <class Elem>
-NaiveLowp naive_lowp_forward(const Problem<Elem>& pr) {
+NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
   const Shape& s = pr.sh;
   const i64 N = s.N, S = s.S, H = s.H, d = s.d, dv = 2 * d, rep = s.H / s.Hkv;
   const float scale = 1.0f / std::sqrt(float(d));
@@ -33,7 +33,7 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr) {
       }
       const float lambda = std::exp(dot1) - std::exp(dot2) + float(s.lambda_init);
       for (i64 i = 0; i < N; ++i) {
-        std::vector<float> p(S, 0.f);
+        std::vector<float> p(S, 0.f), pc[2] = {std::vector<float>(S, 0.f), std::vector<float>(S, 0.f)};
         for (int c = 0; c < 2; ++c) {
           std::vector<float> sc(S, -INFINITY);
           float mx = -INFINITY;
@@ -47,13 +47,25 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr) {
           float sum = 0;
           for (i64 j = 0; j < S; ++j) if (vis(i, j)) sum += std::exp(sc[j] - mx);
           for (i64 j = 0; j < S; ++j)
-            if (vis(i, j)) p[j] += (c == 0 ? 1.f : -lambda) * std::exp(sc[j] - mx) / sum;
+            if (vis(i, j)) {
+              pc[c][j] = std::exp(sc[j] - mx) / sum;
+              p[j] += (c == 0 ? 1.f : -lambda) * pc[c][j];
+            }
         }
-        std::vector<float> a(dv, 0.f);
+        std::vector<float> a(dv, 0.f), o[2] = {std::vector<float>(dv, 0.f), std::vector<float>(dv, 0.f)};
         for (i64 j = 0; j < S; ++j) {
-          const float pj = float(from_double<Elem>(p[j]));  // rounded as the kernel's mma input
-          for (i64 x = 0; x < dv; ++x) a[x] += pj * float(pr.v_at(b, j, g, x));
+          if (separate) {  // O_c = round(P_c) V, then A = O_1 - lambda O_2
+            for (int c = 0; c < 2; ++c) {
+              const float pj = float(from_double<Elem>(pc[c][j]));
+              for (i64 x = 0; x < dv; ++x) o[c][x] += pj * float(pr.v_at(b, j, g, x));
+            }
+          } else {
+            const float pj = float(from_double<Elem>(p[j]));  // rounded as the kernel's mma input
+            for (i64 x = 0; x < dv; ++x) a[x] += pj * float(pr.v_at(b, j, g, x));
+          }
         }
+        if (separate)
+          for (i64 x = 0; x < dv; ++x) a[x] = o[0][x] - lambda * o[1][x];
         float mean = 0, ms = 0;
         for (float x : a) { mean += x; ms += x * x; }
         mean /= dv; ms /= dv;

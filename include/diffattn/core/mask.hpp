@@ -44,14 +44,18 @@ struct RowMask {
 };
 
 /// Reduce the params' mask to a RowMask (validate() first: it rejects contradictory windows).
+/// A window side of N + S or more reaches past every key: it is stored as unbounded (-1), so the
+/// index arithmetic above cannot overflow int64 whatever size the caller passes.
 inline RowMask make_row_mask(const Params& p) {
   RowMask m;
   m.seqlen_k = p.seqlen_k;
   m.diag = p.seqlen_k - p.seqlen_q;
+  const std::int64_t reach = p.seqlen_q + p.seqlen_k;  // no window side needs more
+  auto side = [reach](std::int64_t w) { return w >= reach ? std::int64_t{-1} : w; };
   switch (p.mask.kind) {
     case MaskKind::none: break;
     case MaskKind::causal: m.left = -1; m.right = 0; break;
-    case MaskKind::window: m.left = p.mask.window_left; m.right = p.mask.window_right; break;
+    case MaskKind::window: m.left = side(p.mask.window_left); m.right = side(p.mask.window_right); break;
   }
   return m;
 }

@@ -29,6 +29,7 @@ struct BackendCaps {
   std::int64_t align_bytes = 0;      ///< q/k/v/out base pointers and row strides, in bytes
                                      ///< (0: the element size)
   bool host_readable = true;         ///< lambda vectors are host memory: check them for NaN
+  std::int64_t max_seqlen = INT64_MAX;  ///< largest N and S the backend's index types allow
 
   bool accepts_dtype(DType t) const {
     const int i = static_cast<int>(t);
@@ -94,9 +95,12 @@ inline Status extent(Layout& L) {
   return Status::Ok();
 }
 
-/// Dims of size > 1 sorted by stride; true if no two elements share an address (each stride
-/// covers the whole extent of the dims inside it). Also returns the smallest such stride.
-inline bool non_self_overlapping(const Layout& L, std::int64_t* min_stride) {
+/// Dims of size > 1 sorted by stride; true if no two elements share an address: each stride is
+/// at least the extent (size - 1) * stride + inner of everything inside it. With `strict`, each
+/// stride must instead cover size * stride of the dim inside (the form may_overlap's exact rule
+/// needs: then distinct lattice points differ by at least the smallest stride). Also returns
+/// the smallest stride of a dim of size > 1.
+inline bool non_self_overlapping(const Layout& L, std::int64_t* min_stride, bool strict = false) {
   std::int64_t st[3], sz[3];
   int n = 0;
   for (int k = 0; k < 3; ++k)
@@ -109,7 +113,11 @@ inline bool non_self_overlapping(const Layout& L, std::int64_t* min_stride) {
   for (int a = 0; a < n; ++a) {
     if (st[a] < inner) return false;
     std::int64_t t;
-    if (!mul_ok(st[a], sz[a], &t)) return true;  // extent beyond int64: checked by extent()
+    if (strict) {
+      if (!mul_ok(st[a], sz[a], &t)) return true;  // extent beyond int64: checked by extent()
+    } else if (!mul_ok(st[a], sz[a] - 1, &t) || !add_ok(t, inner, &t)) {
+      return true;
+    }
     inner = t;
   }
   return true;
@@ -129,7 +137,7 @@ inline bool may_overlap(const Layout& a, const Layout& b) {
   if (delta_bytes % a.elem != 0) return true;
   const std::int64_t delta = delta_bytes < 0 ? -delta_bytes / a.elem : delta_bytes / a.elem;
   std::int64_t min_stride;
-  if (!non_self_overlapping(a, &min_stride)) return true;
+  if (!non_self_overlapping(a, &min_stride, /*strict=*/true)) return true;
   return !(delta >= a.channels && delta <= min_stride - a.channels);
 }
 
@@ -177,11 +185,13 @@ inline Status add_tensor(std::vector<Layout>& layouts, const BackendCaps& caps, 
   if (reinterpret_cast<std::uintptr_t>(ptr) % align != 0)
     return Status::Invalid(std::string(name) + " is not aligned to " + std::to_string(align) +
                            " bytes as the " + caps.name + " backend needs");
-  for (std::int64_t s2 : {sb, st, sh}) {
+  const std::int64_t sizes[3] = {batch, T, heads}, strides[3] = {sb, st, sh};
+  for (int k = 0; k < 3; ++k) {
+    const std::int64_t s2 = strides[k];
     std::int64_t bytes;
     if (s2 < 0)
       return Status::Invalid(std::string(name) + ": strides must be >= 0 (got " + std::to_string(s2) + ")");
-    if (mul_ok(s2, esz, &bytes) && bytes % align != 0)
+    if (sizes[k] > 1 && mul_ok(s2, esz, &bytes) && bytes % align != 0)
       return Status::Invalid(std::string(name) + ": strides must be multiples of " +
                              std::to_string(align / esz) + " elements (" + std::to_string(align) +
                              " bytes) for the " + caps.name + " backend");
@@ -227,6 +237,11 @@ inline Status validate_common(const Params& p, const BackendCaps& caps, bool wit
   if (!(s = sz("heads", p.heads)).ok()) return s;
   if (!(s = sz("kv_heads", p.kv_heads)).ok()) return s;
   if (!(s = sz("head_dim", p.head_dim)).ok()) return s;
+  if (p.seqlen_q > caps.max_seqlen || p.seqlen_k > caps.max_seqlen) {
+    return Status::Unsupported(std::string("seqlen_q/seqlen_k: the ") + caps.name +
+                               " backend supports sequences of at most " + std::to_string(caps.max_seqlen) +
+                               " (got N = " + std::to_string(p.seqlen_q) + ", S = " + std::to_string(p.seqlen_k) + ")");
+  }
   if (p.heads % p.kv_heads != 0) {
     return bad("heads must be a multiple of kv_heads (heads = " + std::to_string(p.heads) +
                ", kv_heads = " + std::to_string(p.kv_heads) + ")");

@@ -64,6 +64,7 @@ inline BackendCaps caps() {
                  (1u << static_cast<int>(DType::bf16));
   c.max_head_dim = 256;
   c.host_readable = true;
+  c.max_seqlen = std::int64_t{1} << 30;  // key indices inside a work item are int
   return c;
 }
 

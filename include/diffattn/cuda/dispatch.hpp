@@ -42,6 +42,7 @@ inline BackendCaps caps() {
   c.max_head_dim = 256;
   c.align_bytes = 16;
   c.host_readable = false;
+  c.max_seqlen = std::int64_t{1} << 30;  // tile indices and shared offsets are int
   return c;
 }
 
@@ -61,9 +62,10 @@ Status dispatch_forward(DType dtype, std::int64_t head_dim, F&& f) {
 }
 
 /// Checks what validate() cannot: options this kernel does not produce, grid limits.
-inline Status check_forward_support(const Params& p, std::int64_t block_m) {
-  if (p.extras.o2 != nullptr)
-    return Status::Unsupported("extras.o2: the cuda forward (two-pass, one accumulator) does not produce O_2");
+inline Status check_forward_support(const Params& p, std::int64_t block_m, bool single_pass) {
+  if (p.extras.o2 != nullptr && !single_pass)
+    return Status::Unsupported("extras.o2: this head dim runs the two-pass cuda forward (one accumulator), "
+                               "which does not produce O_2");
   if (p.batch * p.heads > 65535)
     return Status::Unsupported("batch * heads must be <= 65535 for the cuda forward (grid.y)");
   if ((p.seqlen_q + block_m - 1) / block_m > 2147483647)

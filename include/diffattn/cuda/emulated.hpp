@@ -47,7 +47,7 @@ inline Status emulated_forward(const Params& p, simt::emu::LaunchConfig cfg = {}
   if (!s.ok()) return s;
   return dispatch_forward(p.dtype, p.head_dim, [&](auto traits) {
     using Tr = decltype(traits);
-    Status sup = check_forward_support(p, Tr::kBlockM);
+    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass);
     if (!sup.ok()) return sup;
     return emulated_run_forward<Tr>(p, cfg);
   });

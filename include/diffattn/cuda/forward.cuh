@@ -38,7 +38,7 @@ inline Status forward(const Params& p, cudaStream_t stream = nullptr) {
   if (!s.ok()) return s;
   return dispatch_forward(p.dtype, p.head_dim, [&](auto traits) {
     using Tr = decltype(traits);
-    Status sup = check_forward_support(p, Tr::kBlockM);
+    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass);
     if (!sup.ok()) return sup;
     return forward_config<Tr>(p, stream);
   });

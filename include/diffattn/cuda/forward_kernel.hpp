@@ -3,11 +3,14 @@
 // it); a host compiler runs it under the simt emulator (cuda/emulated.hpp), which CI does for
 // every shipped configuration.
 //
-// One block: BlockM query rows of one (batch, diff head), 16 rows per warp. Two passes over the
-// visible key tiles (tiles wholly outside the mask are skipped):
-//   pass 1: S_c = s Q_c K_c^T (c = 1, 2) -> running row max m_c and sum l_c (base-2 domain);
-//   pass 2: recompute S_c; P = exp2(S_1 - lse_1) - lambda exp2(S_2 - lse_2), rounded to 16 bits;
-//           acc += P V  (one (16, 2d) fp32 accumulator per warp).
+// One block: BlockM query rows of one (batch, diff head), 16 rows per warp, over the visible key
+// tiles (tiles wholly outside the mask are skipped), in one of the two forms of DESIGN.md
+// (Traits::kSinglePass, see cuda/traits.hpp):
+//   single pass: per tile, S_c = s Q_c K_c^T (c = 1, 2), online softmax (running max m_c and sum
+//     l_c, base-2 domain), acc_c = acc_c * exp2(m_old - m_new) + P_c V; in the end
+//     A = acc_1 / l_1 - lambda acc_2 / l_2.
+//   two pass: pass 1 computes m_c, l_c from S_c alone; pass 2 recomputes S_c and accumulates
+//     (exp2(S_1 - lse_1) - lambda exp2(S_2 - lse_2)) V, rounded to 16 bits, into one accumulator.
 // Epilogue (whole rows of 2d channels per quad of lanes): the norm, gamma, beta,
 // (1 - lambda_init), the 16-bit store, LSE_1, LSE_2 and the requested extras.
 #pragma once
@@ -43,7 +46,7 @@ struct ForwardArgs {
   int norm_kind;  ///< NormKind
   float eps;
   const float *gamma, *beta;
-  float *lse1, *lse2, *attn, *rstd, *mean;
+  float *lse1, *lse2, *attn, *o2, *rstd, *mean;
 };
 
 inline ForwardArgs make_forward_args(const Params& p) {
@@ -66,6 +69,7 @@ inline ForwardArgs make_forward_args(const Params& p) {
   a.lse1 = static_cast<float*>(p.extras.lse1);
   a.lse2 = static_cast<float*>(p.extras.lse2);
   a.attn = static_cast<float*>(p.extras.attn);
+  a.o2 = static_cast<float*>(p.extras.o2);
   a.rstd = static_cast<float*>(p.extras.rstd);
   a.mean = static_cast<float*>(p.extras.mean);
   return a;
@@ -197,84 +201,20 @@ struct DiffAttnForwardKernel {
         }
     };
 
-    // ---- pass 1: row max and sum of both softmaxes -------------------------------------------
-    float m[2][2], l[2][2];  // [component][row]
+    // acc: (16, dv) per warp: A in the epilogue. Single pass: P_1 V here and P_2 V in acc2.
+    float acc[T::kOTiles][4], acc2[T::kSinglePass ? T::kOTiles : 1][4];
+    DIFFATTN_UNROLL
+    for (int nt = 0; nt < T::kOTiles; ++nt)
+      DIFFATTN_UNROLL
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    float m[2][2], l[2][2], lse[2][2];  // [component][row]: running max, sum, base-2 LSE
     DIFFATTN_UNROLL
     for (int c = 0; c < 2; ++c)
       DIFFATTN_UNROLL
       for (int r = 0; r < 2; ++r) { m[c][r] = kNegInf; l[c][r] = 0.f; }
 
-    load_q();
-    if (nb_begin < nb_end) load_k(0, nb_begin);
-    cp_async_commit();
-    for (int nb = nb_begin; nb < nb_end; ++nb) {
-      const int stage = (nb - nb_begin) & 1;
-      if (nb + 1 < nb_end) load_k(stage ^ 1, nb + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-      syncthreads();
-      DIFFATTN_UNROLL
-      for (int c = 0; c < 2; ++c) {
-        float s[T::kSTiles][4];
-        scores(s, c, stage, nb);
-        DIFFATTN_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          float mx = kNegInf;
-          DIFFATTN_UNROLL
-          for (int nt = 0; nt < T::kSTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-          mx = warp_allreduce<4>(mx, op_max{});
-          const float m_new = fmaxf(m[c][r], mx);
-          const float m_use = m_new == kNegInf ? 0.f : m_new;  // all masked so far: keep 0 terms
-          float sum = 0.f;
-          DIFFATTN_UNROLL
-          for (int nt = 0; nt < T::kSTiles; ++nt)
-            sum += exp2_approx(s[nt][2 * r] - m_use) + exp2_approx(s[nt][2 * r + 1] - m_use);
-          l[c][r] = l[c][r] * exp2_approx(m[c][r] - m_use) + sum;  // this lane's partial sum
-          m[c][r] = m_new;
-        }
-      }
-      syncthreads();  // the stage is refilled two iterations on
-    }
-    cp_async_wait<0>();
-    // base-2 LSE per component and row; +inf for a fully masked row so that pass 2 gives P = 0
-    float lse[2][2];
-    DIFFATTN_UNROLL
-    for (int c = 0; c < 2; ++c)
-      DIFFATTN_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        l[c][r] = warp_allreduce<4>(l[c][r], op_sum{});
-        lse[c][r] = l[c][r] > 0.f ? m[c][r] + log2f(l[c][r]) : INFINITY;
-      }
-
-    // ---- pass 2: acc = (P_1 - lambda P_2) V ----------------------------------------------------
-    float acc[T::kOTiles][4];
-    DIFFATTN_UNROLL
-    for (int nt = 0; nt < T::kOTiles; ++nt)
-      DIFFATTN_UNROLL
-      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-    syncthreads();
-    if (nb_begin < nb_end) { load_k(0, nb_begin); load_v(0, nb_begin); }
-    cp_async_commit();
-    for (int nb = nb_begin; nb < nb_end; ++nb) {
-      const int stage = (nb - nb_begin) & 1;
-      if (nb + 1 < nb_end) { load_k(stage ^ 1, nb + 1); load_v(stage ^ 1, nb + 1); }
-      cp_async_commit();
-      cp_async_wait<1>();
-      syncthreads();
-      float p[T::kSTiles][4];
-      {
-        float s[T::kSTiles][4];
-        scores(s, 0, stage, nb);
-        DIFFATTN_UNROLL
-        for (int nt = 0; nt < T::kSTiles; ++nt)
-          DIFFATTN_UNROLL
-          for (int e = 0; e < 4; ++e) p[nt][e] = exp2_approx(s[nt][e] - lse[0][e >> 1]);
-        scores(s, 1, stage, nb);
-        DIFFATTN_UNROLL
-        for (int nt = 0; nt < T::kSTiles; ++nt)
-          DIFFATTN_UNROLL
-          for (int e = 0; e < 4; ++e) p[nt][e] -= lambda * exp2_approx(s[nt][e] - lse[1][e >> 1]);
-      }
+    // acc_out += P V for the 16-bit P given as C fragments (16, BlockN) of this warp
+    auto pv = [&](float (&acc_out)[T::kOTiles][4], const float (&p)[T::kSTiles][4], int stage) {
       const smem_ptr<std::uint16_t> vt = sV(stage);
       DIFFATTN_UNROLL
       for (int kk = 0; kk < T::kPVSteps; ++kk) {
@@ -289,13 +229,141 @@ struct DiffAttnForwardKernel {
           std::uint32_t bv[4];
           ldmatrix_x4_trans(bv, vt + ((kk * 16 + (j % 2) * 8 + static_cast<int>(lane % 8)) * T::kVStride + np * 16 + (j / 2) * 8));
           const std::uint32_t b0[2] = {bv[0], bv[1]}, b1[2] = {bv[2], bv[3]};
-          mma_m16n8k16<T::kFmt>(acc[2 * np], ap, b0, acc[2 * np]);
-          mma_m16n8k16<T::kFmt>(acc[2 * np + 1], ap, b1, acc[2 * np + 1]);
+          mma_m16n8k16<T::kFmt>(acc_out[2 * np], ap, b0, acc_out[2 * np]);
+          mma_m16n8k16<T::kFmt>(acc_out[2 * np + 1], ap, b1, acc_out[2 * np + 1]);
         }
       }
+    };
+    // online softmax step of component c on scores s (base 2, masked): updates m, this lane's
+    // partial l, rescales `o` by exp2(m_old - m_new) (if given) and turns s into exp2(s - m)
+    auto online_step = [&](float (&s)[T::kSTiles][4], int c, float (*o)[4]) {
+      DIFFATTN_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        float mx = kNegInf;
+        DIFFATTN_UNROLL
+        for (int nt = 0; nt < T::kSTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+        mx = warp_allreduce<4>(mx, op_max{});
+        const float m_new = fmaxf(m[c][r], mx);
+        const float m_use = m_new == kNegInf ? 0.f : m_new;  // all masked so far: keep 0 terms
+        const float rescale = exp2_approx(m[c][r] - m_use);   // 0 when m was -inf
+        float sum = 0.f;
+        DIFFATTN_UNROLL
+        for (int nt = 0; nt < T::kSTiles; ++nt) {
+          s[nt][2 * r] = exp2_approx(s[nt][2 * r] - m_use);
+          s[nt][2 * r + 1] = exp2_approx(s[nt][2 * r + 1] - m_use);
+          sum += s[nt][2 * r] + s[nt][2 * r + 1];
+        }
+        l[c][r] = l[c][r] * rescale + sum;  // this lane's partial sum
+        m[c][r] = m_new;
+        if (o != nullptr) {
+          DIFFATTN_UNROLL
+          for (int nt = 0; nt < T::kOTiles; ++nt) { o[nt][2 * r] *= rescale; o[nt][2 * r + 1] *= rescale; }
+        }
+      }
+    };
+    // base-2 LSE of the finished rows; +inf for a fully masked row (so that exp2(s - lse) = 0)
+    auto finish_rows = [&]() {
+      DIFFATTN_UNROLL
+      for (int c = 0; c < 2; ++c)
+        DIFFATTN_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          l[c][r] = warp_allreduce<4>(l[c][r], op_sum{});
+          lse[c][r] = l[c][r] > 0.f ? m[c][r] + log2f(l[c][r]) : INFINITY;
+        }
+    };
+
+    if constexpr (T::kSinglePass) {
+      // ---- one pass: K1, K2, V tiles once; two online softmaxes, two accumulators ----------
+      DIFFATTN_UNROLL
+      for (int nt = 0; nt < T::kOTiles; ++nt)
+        DIFFATTN_UNROLL
+        for (int e = 0; e < 4; ++e) acc2[nt][e] = 0.f;
+      load_q();
+      if (nb_begin < nb_end) { load_k(0, nb_begin); load_v(0, nb_begin); }
+      cp_async_commit();
+      for (int nb = nb_begin; nb < nb_end; ++nb) {
+        const int stage = (nb - nb_begin) & 1;
+        if (nb + 1 < nb_end) { load_k(stage ^ 1, nb + 1); load_v(stage ^ 1, nb + 1); }
+        cp_async_commit();
+        cp_async_wait<1>();
+        syncthreads();
+        float s[T::kSTiles][4];
+        scores(s, 0, stage, nb);
+        online_step(s, 0, acc);
+        pv(acc, s, stage);
+        scores(s, 1, stage, nb);
+        online_step(s, 1, acc2);
+        pv(acc2, s, stage);
+        syncthreads();  // the stage is refilled two iterations on
+      }
+      cp_async_wait<0>();
+      finish_rows();
+      // A = O_1 - lambda O_2 with O_c = acc_c / l_c (0 for a fully masked row), into acc
+      DIFFATTN_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        const float inv1 = l[0][r] > 0.f ? 1.f / l[0][r] : 0.f, inv2 = l[1][r] > 0.f ? 1.f / l[1][r] : 0.f;
+        const std::int64_t i = row_i[r];
+        const std::int64_t row0 = (b * a.heads + h) * N;
+        DIFFATTN_UNROLL
+        for (int nt = 0; nt < T::kOTiles; ++nt)
+          DIFFATTN_UNROLL
+          for (int e = 0; e < 2; ++e) {
+            const float o2 = acc2[nt][2 * r + e] * inv2;
+            acc[nt][2 * r + e] = acc[nt][2 * r + e] * inv1 - lambda * o2;
+            if (a.o2 && i < N) a.o2[(row0 + i) * T::kValueDim + nt * 8 + 2 * t + e] = o2;
+          }
+      }
+    } else {
+      // ---- pass 1: row max and sum of both softmaxes --------------------------------------
+      load_q();
+      if (nb_begin < nb_end) load_k(0, nb_begin);
+      cp_async_commit();
+      for (int nb = nb_begin; nb < nb_end; ++nb) {
+        const int stage = (nb - nb_begin) & 1;
+        if (nb + 1 < nb_end) load_k(stage ^ 1, nb + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        syncthreads();
+        DIFFATTN_UNROLL
+        for (int c = 0; c < 2; ++c) {
+          float s[T::kSTiles][4];
+          scores(s, c, stage, nb);
+          online_step(s, c, nullptr);
+        }
+        syncthreads();  // the stage is refilled two iterations on
+      }
+      cp_async_wait<0>();
+      finish_rows();
+
+      // ---- pass 2: acc = (P_1 - lambda P_2) V ---------------------------------------------
       syncthreads();
+      if (nb_begin < nb_end) { load_k(0, nb_begin); load_v(0, nb_begin); }
+      cp_async_commit();
+      for (int nb = nb_begin; nb < nb_end; ++nb) {
+        const int stage = (nb - nb_begin) & 1;
+        if (nb + 1 < nb_end) { load_k(stage ^ 1, nb + 1); load_v(stage ^ 1, nb + 1); }
+        cp_async_commit();
+        cp_async_wait<1>();
+        syncthreads();
+        float p[T::kSTiles][4];
+        {
+          float s[T::kSTiles][4];
+          scores(s, 0, stage, nb);
+          DIFFATTN_UNROLL
+          for (int nt = 0; nt < T::kSTiles; ++nt)
+            DIFFATTN_UNROLL
+            for (int e = 0; e < 4; ++e) p[nt][e] = exp2_approx(s[nt][e] - lse[0][e >> 1]);
+          scores(s, 1, stage, nb);
+          DIFFATTN_UNROLL
+          for (int nt = 0; nt < T::kSTiles; ++nt)
+            DIFFATTN_UNROLL
+            for (int e = 0; e < 4; ++e) p[nt][e] -= lambda * exp2_approx(s[nt][e] - lse[1][e >> 1]);
+        }
+        pv(acc, p, stage);
+        syncthreads();
+      }
+      cp_async_wait<0>();
     }
-    cp_async_wait<0>();
 
     // ---- epilogue: norm, gamma, beta, (1 - lambda_init), stores ---------------------------------
     const float inv_dv = 1.f / static_cast<float>(T::kValueDim);

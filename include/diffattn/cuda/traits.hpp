@@ -15,14 +15,24 @@
 DIFFATTN_NAMESPACE_BEGIN
 namespace cuda {
 
-/// Keys per tile, chosen by ptxas's register report for sm_80 (no GPU was available to time
-/// alternatives; nvcc 13.0, 4 warps, two-pass kernel):
-///   d <= 64: 64 keys (d = 64: 238 registers, no spill);
-///   d = 96:  32 keys (248 registers, no spill);
-///   d = 128: 16 keys: with 32 keys the (16, 256) accumulator plus two (16, 32) score tiles
-///            need 255 registers and spill 56 bytes; 16 keys: 246 registers, no spill.
+/// Single pass (two online softmaxes, two (16, 2d) fp32 accumulators per warp: reads K and V
+/// once, two exponentials per score pair) where the registers allow it, else two passes (one
+/// accumulator; K read twice, four exponentials). Chosen by ptxas's register report for sm_80
+/// and sm_90 (nvcc 13.0; no GPU was available to time both): d <= 64 fits the single pass
+/// without spills (d = 64: two accumulators of 64 registers each), d = 96 and 128 do not.
+constexpr bool default_single_pass(int head_dim) { return head_dim <= 64; }
+
+/// Keys per tile, also from the register report (4 warps, sm_80 / sm_90):
+///   single pass, d = 32: 32 keys (174 / 172 registers, no spill);
+///   single pass, d = 64: 16 keys: with 32 keys it needs 255 registers and spills 40 bytes;
+///            16 keys: 237 / 239 registers, no spill. (The two-pass form at d = 64 fits 64-key
+///            tiles in 238 registers: which is faster is for a GPU to tell; select it with
+///            ForwardTraits<F, 64, 64, 64, false>.)
+///   two pass, d = 96: 32 keys (248 registers, no spill);
+///   two pass, d = 128: 16 keys: with 32 keys the (16, 256) accumulator plus two (16, 32) score
+///            tiles need 255 registers and spill 56 bytes; 16 keys: 246 registers, no spill.
 constexpr int default_block_n(int head_dim) {
-  return head_dim <= 64 ? 64 : (head_dim <= 96 ? 32 : 16);
+  return head_dim <= 32 ? 32 : (head_dim <= 64 ? 16 : (head_dim <= 96 ? 32 : 16));
 }
 
 /// Configuration of the fused forward.
@@ -31,14 +41,16 @@ constexpr int default_block_n(int head_dim) {
 /// @tparam HeadDim  d, the head dim of each Q/K component; V and out have 2d. Multiple of 16.
 /// @tparam BlockM   query rows per block: 16 per warp. Default 64 (4 warps).
 /// @tparam BlockN   keys per tile. Default default_block_n(d).
-///
-/// The kernel is the two-pass form of DESIGN.md: pass 1 streams K1, K2 and computes the row
-/// max and sum of both softmaxes; pass 2 streams K1, K2, V again and accumulates
-/// (P_1 - lambda P_2) V into ONE fp32 accumulator of (16, 2d) per warp. Cost: K read twice and
-/// four exponentials per score pair; gain: half the accumulator registers of the single pass
-/// (d = 128: 128 accumulator registers per thread instead of 256, which cannot fit).
-template <simt::fmt16 F, int HeadDim, int BlockM = 64, int BlockN = default_block_n(HeadDim)>
+/// @tparam SinglePass  the form of DESIGN.md. true: one stream of K1, K2, V tiles, two online
+///   softmaxes and two accumulators P_1 V, P_2 V combined with lambda in the epilogue (also
+///   yields O_2 for the backward). false: pass 1 streams K1, K2 for the row max and sum of both
+///   softmaxes; pass 2 streams K1, K2, V again and accumulates (P_1 - lambda P_2) V into ONE
+///   accumulator (half the registers; K read twice, four exponentials per score pair; no O_2).
+///   Default default_single_pass(d).
+template <simt::fmt16 F, int HeadDim, int BlockM = 64, int BlockN = default_block_n(HeadDim),
+          bool SinglePass = default_single_pass(HeadDim)>
 struct ForwardTraits {
+  static constexpr bool kSinglePass = SinglePass;
   static constexpr simt::fmt16 kFmt = F;
   using Elem = std::conditional_t<F == simt::fmt16::f16, half, bfloat16>;
   static constexpr DType kDType = F == simt::fmt16::f16 ? DType::f16 : DType::bf16;
