@@ -272,6 +272,30 @@ struct DiffAttnForwardKernel {
         }
     };
 
+    // Streams the visible key tiles through the double-buffered pipeline: tile nb + 1 is fetched
+    // (cp.async) while body(stage, nb) computes on tile nb. K1 and K2 always, V if with_v. Any
+    // copies issued before the call (Q) join the first group.
+    auto stream_tiles = [&](bool with_v, auto&& body) {
+      if (nb_begin < nb_end) {
+        load_k(0, nb_begin);
+        if (with_v) load_v(0, nb_begin);
+      }
+      cp_async_commit();
+      for (int nb = nb_begin; nb < nb_end; ++nb) {
+        const int stage = (nb - nb_begin) & 1;
+        if (nb + 1 < nb_end) {
+          load_k(stage ^ 1, nb + 1);
+          if (with_v) load_v(stage ^ 1, nb + 1);
+        }
+        cp_async_commit();  // possibly empty: keeps wait<1> meaning "tile nb has landed"
+        cp_async_wait<1>();
+        syncthreads();
+        body(stage, nb);
+        syncthreads();  // the stage is refilled by the next iteration's prefetch
+      }
+      cp_async_wait<0>();
+    };
+
     if constexpr (T::kSinglePass) {
       // ---- one pass: K1, K2, V tiles once; two online softmaxes, two accumulators ----------
       DIFFATTN_UNROLL
@@ -279,14 +303,7 @@ struct DiffAttnForwardKernel {
         DIFFATTN_UNROLL
         for (int e = 0; e < 4; ++e) acc2[nt][e] = 0.f;
       load_q();
-      if (nb_begin < nb_end) { load_k(0, nb_begin); load_v(0, nb_begin); }
-      cp_async_commit();
-      for (int nb = nb_begin; nb < nb_end; ++nb) {
-        const int stage = (nb - nb_begin) & 1;
-        if (nb + 1 < nb_end) { load_k(stage ^ 1, nb + 1); load_v(stage ^ 1, nb + 1); }
-        cp_async_commit();
-        cp_async_wait<1>();
-        syncthreads();
+      stream_tiles(/*with_v=*/true, [&](int stage, int nb) {
         float s[T::kSTiles][4];
         scores(s, 0, stage, nb);
         online_step(s, 0, acc);
@@ -294,9 +311,7 @@ struct DiffAttnForwardKernel {
         scores(s, 1, stage, nb);
         online_step(s, 1, acc2);
         pv(acc2, s, stage);
-        syncthreads();  // the stage is refilled two iterations on
-      }
-      cp_async_wait<0>();
+      });
       finish_rows();
       // A = O_1 - lambda O_2 with O_c = acc_c / l_c (0 for a fully masked row), into acc
       DIFFATTN_UNROLL
@@ -316,53 +331,33 @@ struct DiffAttnForwardKernel {
     } else {
       // ---- pass 1: row max and sum of both softmaxes --------------------------------------
       load_q();
-      if (nb_begin < nb_end) load_k(0, nb_begin);
-      cp_async_commit();
-      for (int nb = nb_begin; nb < nb_end; ++nb) {
-        const int stage = (nb - nb_begin) & 1;
-        if (nb + 1 < nb_end) load_k(stage ^ 1, nb + 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-        syncthreads();
+      stream_tiles(/*with_v=*/false, [&](int stage, int nb) {
         DIFFATTN_UNROLL
         for (int c = 0; c < 2; ++c) {
           float s[T::kSTiles][4];
           scores(s, c, stage, nb);
           online_step(s, c, nullptr);
         }
-        syncthreads();  // the stage is refilled two iterations on
-      }
-      cp_async_wait<0>();
+      });
       finish_rows();
 
       // ---- pass 2: acc = (P_1 - lambda P_2) V ---------------------------------------------
-      syncthreads();
-      if (nb_begin < nb_end) { load_k(0, nb_begin); load_v(0, nb_begin); }
-      cp_async_commit();
-      for (int nb = nb_begin; nb < nb_end; ++nb) {
-        const int stage = (nb - nb_begin) & 1;
-        if (nb + 1 < nb_end) { load_k(stage ^ 1, nb + 1); load_v(stage ^ 1, nb + 1); }
-        cp_async_commit();
-        cp_async_wait<1>();
-        syncthreads();
+      syncthreads();  // pass 1's last tile may still be read by other warps
+      stream_tiles(/*with_v=*/true, [&](int stage, int nb) {
         float p[T::kSTiles][4];
-        {
-          float s[T::kSTiles][4];
-          scores(s, 0, stage, nb);
+        float s[T::kSTiles][4];
+        scores(s, 0, stage, nb);
+        DIFFATTN_UNROLL
+        for (int nt = 0; nt < T::kSTiles; ++nt)
           DIFFATTN_UNROLL
-          for (int nt = 0; nt < T::kSTiles; ++nt)
-            DIFFATTN_UNROLL
-            for (int e = 0; e < 4; ++e) p[nt][e] = exp2_approx(s[nt][e] - lse[0][e >> 1]);
-          scores(s, 1, stage, nb);
+          for (int e = 0; e < 4; ++e) p[nt][e] = exp2_approx(s[nt][e] - lse[0][e >> 1]);
+        scores(s, 1, stage, nb);
+        DIFFATTN_UNROLL
+        for (int nt = 0; nt < T::kSTiles; ++nt)
           DIFFATTN_UNROLL
-          for (int nt = 0; nt < T::kSTiles; ++nt)
-            DIFFATTN_UNROLL
-            for (int e = 0; e < 4; ++e) p[nt][e] -= lambda * exp2_approx(s[nt][e] - lse[1][e >> 1]);
-        }
+          for (int e = 0; e < 4; ++e) p[nt][e] -= lambda * exp2_approx(s[nt][e] - lse[1][e >> 1]);
         pv(acc, p, stage);
-        syncthreads();
-      }
-      cp_async_wait<0>();
+      });
     }
 
     // ---- epilogue: norm, gamma, beta, (1 - lambda_init), stores ---------------------------------

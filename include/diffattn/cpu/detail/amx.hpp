@@ -181,18 +181,7 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
       }
     }
   }
-  for (int i = 0; i < ld; ++i) {
-    const bool real = i < nr;
-    ts.kb[i] = real ? static_cast<std::int32_t>(cx.mask.key_begin(i0 + i)) : 0;
-    ts.ke[i] = real ? static_cast<std::int32_t>(cx.mask.key_end(i0 + i)) : 0;
-  }
-  for (int c = 0; c < 2; ++c) {
-    for (int i = 0; i < ld; ++i) {
-      state.m[c][i] = -std::numeric_limits<float>::infinity();
-      state.l[c][i] = 0.0f;
-    }
-    std::fill(state.ot[c], state.ot[c] + dv * ld, 0.0f);
-  }
+  begin_item(cx, i0, nr, ld, dv, ts, state);
 
   std::int64_t lo, hi;
   item_key_range(cx, i0, nr, s, &lo, &hi);

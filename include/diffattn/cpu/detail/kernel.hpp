@@ -161,6 +161,25 @@ inline void online_softmax(const Ctx& cx, float* st, int nj, std::int64_t j0, bo
 }
 
 /// Streams the keys of split s for the query block qb of head (b, h) into `state`.
+/// Starts a work item: the key range of each query lane (0 for padding lanes) and an empty
+/// online-softmax state (max -inf, sum 0, output 0) for both components. Shared by the fp32
+/// and the AMX paths.
+inline void begin_item(const Ctx& cx, std::int64_t i0, std::int64_t nr, int ld, std::int64_t dv,
+                       const ThreadScratch& ts, const State& state) {
+  for (int i = 0; i < ld; ++i) {
+    const bool real = i < nr;
+    ts.kb[i] = real ? static_cast<std::int32_t>(cx.mask.key_begin(i0 + i)) : 0;
+    ts.ke[i] = real ? static_cast<std::int32_t>(cx.mask.key_end(i0 + i)) : 0;
+  }
+  for (int c = 0; c < 2; ++c) {
+    for (int i = 0; i < ld; ++i) {
+      state.m[c][i] = -std::numeric_limits<float>::infinity();
+      state.l[c][i] = 0.0f;
+    }
+    std::fill(state.ot[c], state.ot[c] + dv * ld, 0.0f);
+  }
+}
+
 template <class Elem, int NV>
 void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
                   const ThreadScratch& ts, const State& state) {
@@ -185,18 +204,7 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
       }
     }
   }
-  for (int i = 0; i < ld; ++i) {
-    const bool real = i < nr;
-    ts.kb[i] = real ? static_cast<std::int32_t>(cx.mask.key_begin(i0 + i)) : 0;
-    ts.ke[i] = real ? static_cast<std::int32_t>(cx.mask.key_end(i0 + i)) : 0;
-  }
-  for (int c = 0; c < 2; ++c) {
-    for (int i = 0; i < ld; ++i) {
-      state.m[c][i] = -std::numeric_limits<float>::infinity();
-      state.l[c][i] = 0.0f;
-    }
-    std::fill(state.ot[c], state.ot[c] + dv * ld, 0.0f);
-  }
+  begin_item(cx, i0, nr, ld, dv, ts, state);
 
   std::int64_t lo, hi;
   item_key_range(cx, i0, nr, s, &lo, &hi);
