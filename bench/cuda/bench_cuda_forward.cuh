@@ -1,0 +1,112 @@
+// bench_cuda_forward.cuh: the body of bench_cuda_forward, included by one generated TU per
+// shipped configuration (register_config<Traits>()), so each TU compiles one kernel.
+//
+// bench_cuda_forward: TFLOP/s of the fused CUDA forward (SPEC.md's FLOP count), per shipped
+// configuration, N = S from 1k to 16k, causal and not. B * H fills the GPU: B = 32768 / N
+// sequences, H = 16 diff heads at d <= 64 and 8 above (the DIFF paper's 2048-dim model),
+// so every input is far larger than L2. Timed with CUDA events around each launch after a
+// warm-up (Google Benchmark's manual time). Without a GPU each run reports an error and skips.
+//
+// Run names: cuda_forward/<dtype>/<mask>/d:<d>/N:<N>; counter `flops` (FLOP/s).
+#pragma once
+
+#include <benchmark/benchmark.h>
+#include <cuda_runtime.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include <diffattn/cuda/dispatch.hpp>
+#include <diffattn/cuda/forward.cuh>
+#include <diffattn/diffattn.hpp>
+
+namespace da = diffattn;
+
+namespace diffattn_bench {
+
+inline bool have_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+template <class Elem>
+void fill_device(void* dev, std::size_t n, std::uint64_t seed, float scale) {
+  std::vector<Elem> h(n);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, scale);
+  for (auto& x : h) x = Elem(nd(rng));
+  cudaMemcpy(dev, h.data(), n * sizeof(Elem), cudaMemcpyHostToDevice);
+}
+
+template <class Traits>
+void bm_forward(benchmark::State& state, da::MaskKind mask) {
+  using Elem = typename Traits::Elem;
+  const int d = Traits::kHeadDim;
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const std::int64_t N = state.range(0), B = std::max<std::int64_t>(1, 32768 / N), H = d <= 64 ? 16 : 8;
+  const std::int64_t nq = B * N * 2 * H * d, nk = nq, nv = nq, no = nq;
+  void *q, *k, *v, *out, *lam, *gamma;
+  cudaMalloc(&q, nq * 2); cudaMalloc(&k, nk * 2); cudaMalloc(&v, nv * 2); cudaMalloc(&out, no * 2);
+  cudaMalloc(&lam, 4 * d * sizeof(float)); cudaMalloc(&gamma, 2 * d * sizeof(float));
+  fill_device<Elem>(q, nq, 1, 1.f); fill_device<Elem>(k, nk, 2, 1.f); fill_device<Elem>(v, nv, 3, 1.f);
+  fill_device<float>(lam, 4 * d, 4, 0.1f); fill_device<float>(gamma, 2 * d, 5, 1.f);
+  da::Params p = da::make_official_params(B, N, N, H, H, d, static_cast<const Elem*>(q),
+                                          static_cast<const Elem*>(k), static_cast<const Elem*>(v),
+                                          static_cast<Elem*>(out));
+  p.mask.kind = mask;
+  if (mask == da::MaskKind::window) p.mask = {mask, 256, 0};
+  const float* l = static_cast<const float*>(lam);
+  p.lambda = {l, l + d, l + 2 * d, l + 3 * d, false, da::lambda_init_for_depth(4)};
+  p.norm.gamma = gamma;
+  // validate once, then launch this configuration directly (one kernel per translation unit)
+  const da::Status valid = da::validate(p, da::cuda::caps());
+  const da::Status supported =
+      valid.ok() ? da::cuda::check_forward_support(p, Traits::kBlockM, Traits::kSinglePass) : valid;
+  const da::Status s = supported.ok() ? da::cuda::forward_config<Traits>(p, nullptr) : supported;  // warm-up
+  if (!s.ok()) {
+    state.SkipWithError(s.to_string().c_str());
+  } else {
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    for (auto _ : state) {
+      cudaEventRecord(e0);
+      (void)da::cuda::forward_config<Traits>(p, nullptr);
+      cudaEventRecord(e1);
+      cudaEventSynchronize(e1);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      state.SetIterationTime(ms * 1e-3);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    state.counters["flops"] = benchmark::Counter(da::forward_flops(p), benchmark::Counter::kIsIterationInvariantRate);
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, 0);
+    state.SetLabel(std::string(prop.name) + " B=" + std::to_string(B) + " H=" + std::to_string(H));
+  }
+  cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(out); cudaFree(lam); cudaFree(gamma);
+}
+
+inline const char* mask_name(da::MaskKind m) {
+  return m == da::MaskKind::none ? "none" : (m == da::MaskKind::causal ? "causal" : "window");
+}
+
+/// Registers the runs of one configuration.
+template <class Traits>
+void register_config() {
+  const char* dtype = Traits::kFmt == da::simt::fmt16::f16 ? "f16" : "bf16";
+  for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal}) {
+    const std::string name = std::string("cuda_forward/") + dtype + "/" + mask_name(m) + "/d:" +
+                             std::to_string(Traits::kHeadDim);
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_forward<Traits>(st, m); })
+        ->ArgName("N")->RangeMultiplier(2)->Range(1024, 16384)->UseManualTime()->Unit(benchmark::kMillisecond);
+  }
+}
+
+}  // namespace diffattn_bench
+
