@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -69,8 +68,6 @@ struct Layout {
   // filled by extent(): byte range [lo, hi) covered
   std::uintptr_t lo = 0, hi = 0;
 };
-
-inline std::string msg_join(std::ostringstream& os) { return os.str(); }
 
 /// Byte extent of the tensor; false (with message) on negative strides or int64 overflow.
 inline Status extent(Layout& L) {

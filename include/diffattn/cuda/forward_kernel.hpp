@@ -103,7 +103,10 @@ struct DiffAttnForwardKernel {
   static constexpr float kNegInf = -INFINITY;
 
   DIFFATTN_DEVICE void operator()(ForwardArgs a) const {
-    using namespace simt;
+    using simt::block_idx, simt::cp_async_commit, simt::cp_async_wait, simt::exp2_approx,
+        simt::ldmatrix_x4, simt::ldmatrix_x4_trans, simt::mma_m16n8k16, simt::op_max, simt::op_sum,
+        simt::pack2, simt::shared_memory, simt::smem_ptr, simt::syncthreads, simt::thread_rank,
+        simt::warp_allreduce;
     const unsigned tid = thread_rank();
     const unsigned lane = tid & 31u, warp = tid >> 5;
     const int g = static_cast<int>(lane >> 2), t = static_cast<int>(lane & 3u);
