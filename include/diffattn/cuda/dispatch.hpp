@@ -73,5 +73,20 @@ inline Status check_forward_support(const Params& p, std::int64_t block_m, bool 
   return Status::Ok();
 }
 
+/// The steps every CUDA entry point takes: validate(p, caps), dispatch to the shipped
+/// configuration, check what validate cannot (check_forward_support), then launch(Traits{}).
+/// Any failing step returns its status and nothing is launched or written.
+template <class Launch>
+Status validate_and_dispatch(const Params& p, const BackendCaps& caps, Launch&& launch) {
+  Status s = validate(p, caps);
+  if (!s.ok()) return s;
+  return dispatch_forward(p.dtype, p.head_dim, [&](auto traits) {
+    using Tr = decltype(traits);
+    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass);
+    if (!sup.ok()) return sup;
+    return launch(traits);
+  });
+}
+
 }  // namespace cuda
 DIFFATTN_NAMESPACE_END

@@ -43,13 +43,8 @@ Status emulated_run_forward(const Params& p, simt::emu::LaunchConfig cfg) {
 /// The CUDA forward on host memory under the emulator: validates, dispatches, launches.
 /// `cfg`: emulator options (schedule, seed, workers); grid, block and shared sizes are set here.
 inline Status emulated_forward(const Params& p, simt::emu::LaunchConfig cfg = {}) {
-  Status s = validate(p, emulated_caps());
-  if (!s.ok()) return s;
-  return dispatch_forward(p.dtype, p.head_dim, [&](auto traits) {
-    using Tr = decltype(traits);
-    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass);
-    if (!sup.ok()) return sup;
-    return emulated_run_forward<Tr>(p, cfg);
+  return validate_and_dispatch(p, emulated_caps(), [&](auto traits) {
+    return emulated_run_forward<decltype(traits)>(p, cfg);
   });
 }
 

@@ -34,13 +34,8 @@ Status forward_config(const Params& p, cudaStream_t stream) {
 
 /// The CUDA forward: validate, dispatch, launch on `stream`.
 inline Status forward(const Params& p, cudaStream_t stream = nullptr) {
-  Status s = validate(p, caps());
-  if (!s.ok()) return s;
-  return dispatch_forward(p.dtype, p.head_dim, [&](auto traits) {
-    using Tr = decltype(traits);
-    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass);
-    if (!sup.ok()) return sup;
-    return forward_config<Tr>(p, stream);
+  return validate_and_dispatch(p, caps(), [&](auto traits) {
+    return forward_config<decltype(traits)>(p, stream);
   });
 }
 
