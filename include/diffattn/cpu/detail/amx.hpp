@@ -183,14 +183,11 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
   }
   begin_item(cx, i0, nr, ld, dv, ts, state);
 
-  std::int64_t lo, hi;
-  item_key_range(cx, i0, nr, s, &lo, &hi);
-  const std::int64_t kb_last = cx.mask.key_begin(i0 + nr - 1), ke_first = cx.mask.key_end(i0);
-  const ConstTensorRef* ks[2] = {&p.k1, &p.k2};
-  const bfloat16* kbase[2];
-  for (int c = 0; c < 2; ++c)
-    kbase[c] = static_cast<const bfloat16*>(ks[c]->ptr) + b * ks[c]->stride_b + g * ks[c]->stride_h;
-  const bfloat16* vbase = static_cast<const bfloat16*>(p.v.ptr) + b * p.v.stride_b + g * p.v.stride_h;
+  const ItemKeys<bfloat16> ik = item_keys<bfloat16>(cx, b, g, i0, nr, s);
+  const std::int64_t lo = ik.lo, hi = ik.hi, kb_last = ik.kb_last, ke_first = ik.ke_first;
+  const ConstTensorRef* const* ks = ik.k;
+  const bfloat16* const* kbase = ik.kbase;
+  const bfloat16* vbase = ik.vbase;
   bfloat16* kp[2] = {reinterpret_cast<bfloat16*>(ts.kbuf[0]), reinterpret_cast<bfloat16*>(ts.kbuf[1])};
   std::uint32_t* vt = reinterpret_cast<std::uint32_t*>(ts.vbuf);
   const int ldt = ld * 4;  // bytes per row of S^T, O^T, Q^T pairs and P^T pairs

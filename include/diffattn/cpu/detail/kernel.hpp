@@ -124,6 +124,32 @@ inline void item_key_range(const Ctx& cx, std::int64_t i0, std::int64_t nr, int 
   *hi = std::min(b, *lo + per);
 }
 
+/// The keys one work item visits and where they live, for both the fp32 and the AMX paths.
+template <class Elem>
+struct ItemKeys {
+  std::int64_t lo, hi;               ///< key range [lo, hi) of this item and split
+  std::int64_t kb_last, ke_first;    ///< a key block inside [kb_last, ke_first) needs no mask
+  const ConstTensorRef* k[2];        ///< K_1, K_2 views (for their token strides)
+  const Elem* kbase[2];              ///< K_c of KV group g of batch b, token 0
+  const Elem* vbase;                 ///< V of KV group g of batch b, token 0
+};
+
+template <class Elem>
+inline ItemKeys<Elem> item_keys(const Ctx& cx, std::int64_t b, std::int64_t g, std::int64_t i0,
+                                std::int64_t nr, int s) {
+  const Params& p = *cx.p;
+  ItemKeys<Elem> ik;
+  item_key_range(cx, i0, nr, s, &ik.lo, &ik.hi);
+  ik.kb_last = cx.mask.key_begin(i0 + nr - 1);
+  ik.ke_first = cx.mask.key_end(i0);
+  ik.k[0] = &p.k1;
+  ik.k[1] = &p.k2;
+  for (int c = 0; c < 2; ++c)
+    ik.kbase[c] = static_cast<const Elem*>(ik.k[c]->ptr) + b * ik.k[c]->stride_b + g * ik.k[c]->stride_h;
+  ik.vbase = static_cast<const Elem*>(p.v.ptr) + b * p.v.stride_b + g * p.v.stride_h;
+  return ik;
+}
+
 /// The online softmax of one key block for component c: masks st when `full` is false,
 /// rescales (m, l), turns st into P^T in place and returns the factors alpha for O.
 template <int NV>
@@ -206,14 +232,11 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
   }
   begin_item(cx, i0, nr, ld, dv, ts, state);
 
-  std::int64_t lo, hi;
-  item_key_range(cx, i0, nr, s, &lo, &hi);
-  const std::int64_t kb_last = cx.mask.key_begin(i0 + nr - 1), ke_first = cx.mask.key_end(i0);
-  const ConstTensorRef* ks[2] = {&p.k1, &p.k2};
-  const Elem* kbase[2];
-  for (int c = 0; c < 2; ++c)
-    kbase[c] = static_cast<const Elem*>(ks[c]->ptr) + b * ks[c]->stride_b + g * ks[c]->stride_h;
-  const Elem* vbase = static_cast<const Elem*>(p.v.ptr) + b * p.v.stride_b + g * p.v.stride_h;
+  const ItemKeys<Elem> ik = item_keys<Elem>(cx, b, g, i0, nr, s);
+  const std::int64_t lo = ik.lo, hi = ik.hi, kb_last = ik.kb_last, ke_first = ik.ke_first;
+  const ConstTensorRef* const* ks = ik.k;
+  const Elem* const* kbase = ik.kbase;
+  const Elem* vbase = ik.vbase;
 
   Vec16 alpha[NV];
   for (std::int64_t j0 = lo; j0 < hi; j0 += kBlockN) {
