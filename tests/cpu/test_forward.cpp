@@ -54,75 +54,21 @@ void check_rule(const std::vector<double>& got, const std::vector<double>& naive
 }
 
 // The naive computation in the precision of the AMX bfloat16 path: fp32 math on the bf16
-// inputs as reference::forward<float> does, except that the normalised probabilities are
-// rounded to bfloat16 before P V (what any bf16 computation of P V does; the kernel rounds
-// the unnormalised exp2(s - m) instead: the same 2^-9 relative error per term). Fills the
-// outputs of `pr` (out rounded to bf16, side outputs in fp32).
+// inputs, with P_1 and P_2 rounded to bfloat16 before P V (support/naive_lowp.hpp; the kernel
+// rounds the unnormalised exp2(s - m) instead: the same 2^-9 relative error per term). Fills
+// the outputs of `pr` (out rounded to bf16, side outputs in fp32).
 void naive_bf16_p(Problem<da::bfloat16>& pr) {
-  const Shape& s = pr.sh;
-  const i64 N = s.N, S = s.S, H = s.H, d = s.d, dv = 2 * d, rep = s.H / s.Hkv;
-  const float scale = static_cast<float>(1.0 / std::sqrt(double(d)));
-  const auto vis = spec_mask(s);
-  const float out_scale = static_cast<float>(1.0 - s.lambda_init);
-  std::vector<float> sc(S), pj(S), o1(dv), o2(dv), a(dv);
-  for (i64 b = 0; b < s.B; ++b)
-    for (i64 h = 0; h < H; ++h) {
-      const i64 g = h / rep, lo = s.per_head ? h * d : 0;
-      double dot1 = 0, dot2 = 0;
-      for (i64 x = 0; x < d; ++x) {
-        dot1 += double(pr.lq1[lo + x]) * pr.lk1[lo + x];
-        dot2 += double(pr.lq2[lo + x]) * pr.lk2[lo + x];
-      }
-      const float lambda = static_cast<float>(std::exp(dot1) - std::exp(dot2) + s.lambda_init);
-      for (i64 i = 0; i < N; ++i) {
-        const i64 row = (b * H + h) * N + i;
-        for (int c = 0; c < 2; ++c) {
-          std::vector<float>& o = c == 0 ? o1 : o2;
-          float mx = -INFINITY;
-          for (i64 j = 0; j < S; ++j) {
-            if (!vis(i, j)) continue;
-            float acc = 0;
-            for (i64 x = 0; x < d; ++x) acc += float(pr.q_at(c, b, i, h, x)) * float(pr.k_at(c, b, j, g, x));
-            sc[j] = scale * acc;
-            mx = std::max(mx, sc[j]);
-          }
-          float l = 0;
-          for (i64 j = 0; j < S; ++j) l += vis(i, j) ? (pj[j] = std::exp(sc[j] - mx)) : 0.0f;
-          std::fill(o.begin(), o.end(), 0.0f);
-          for (i64 j = 0; j < S; ++j) {
-            if (!vis(i, j)) continue;
-            const float p = static_cast<float>(da::bfloat16(pj[j] / l));
-            for (i64 x = 0; x < dv; ++x) o[x] += p * float(pr.v_at(b, j, g, x));
-          }
-          (c == 0 ? pr.lse1 : pr.lse2)[row] = l > 0 ? mx + std::log(l) : -INFINITY;
-        }
-        float sum = 0, sumsq = 0;
-        for (i64 x = 0; x < dv; ++x) {
-          a[x] = o1[x] - lambda * o2[x];
-          sum += a[x];
-          sumsq += a[x] * a[x];
-        }
-        float mean = 0, rstd = 1;
-        if (s.norm == da::NormKind::rms) rstd = 1.0f / std::sqrt(sumsq / dv + 1e-5f);
-        if (s.norm == da::NormKind::group) {
-          mean = sum / dv;
-          float var = 0;
-          for (i64 x = 0; x < dv; ++x) var += (a[x] - mean) * (a[x] - mean);
-          rstd = 1.0f / std::sqrt(var / dv + 1e-5f);
-        }
-        for (i64 x = 0; x < dv; ++x) {
-          float y = a[x];
-          const float gm = s.gamma ? pr.gamma[x] : 1.0f;
-          if (s.norm == da::NormKind::rms) y = a[x] * rstd * gm;
-          if (s.norm == da::NormKind::group) y = (a[x] - mean) * rstd * gm + (s.beta ? pr.beta[x] : 0.0f);
-          pr.out[((b * N + i) * H + h) * dv + x] = da::bfloat16(out_scale * y);
-          pr.attn[row * dv + x] = a[x];
-          pr.o2[row * dv + x] = o2[x];
-        }
-        pr.rstd[row] = rstd;
-        pr.mean[row] = mean;
-      }
-    }
+  const NaiveLowp n = naive_lowp_forward(pr, /*separate=*/true);
+  for (std::size_t i = 0; i < n.out.size(); ++i) pr.out[i] = da::bfloat16(static_cast<float>(n.out[i]));
+  auto to_float = [](const std::vector<double>& src, std::vector<float>& dst) {
+    for (std::size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<float>(src[i]);
+  };
+  to_float(n.attn, pr.attn);
+  to_float(n.o2, pr.o2);
+  to_float(n.lse1, pr.lse1);
+  to_float(n.lse2, pr.lse2);
+  to_float(n.rstd, pr.rstd);
+  to_float(n.mean, pr.mean);
 }
 
 template <class T>

@@ -10,8 +10,10 @@
 namespace dt {
 
 struct NaiveLowp {
-  std::vector<double> out;   // [B, N, H, 2d], rounded to Elem
-  std::vector<double> attn;  // [B, H, N, 2d], A in fp32 before the norm
+  std::vector<double> out;         // [B, N, H, 2d], rounded to Elem
+  std::vector<double> attn, o2;    // [B, H, N, 2d], A and O_2 in fp32
+  std::vector<double> lse1, lse2;  // [B, H, N]
+  std::vector<double> rstd, mean;  // [B, H, N], the norm's (1 and 0 without one)
 };
 
 template <class Elem>
@@ -23,6 +25,8 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
   NaiveLowp res;
   res.out.assign(s.B * N * H * dv, 0.0);
   res.attn.assign(s.B * N * H * dv, 0.0);
+  res.o2.assign(s.B * N * H * dv, 0.0);
+  for (auto* v : {&res.lse1, &res.lse2, &res.rstd, &res.mean}) v->assign(s.B * H * N, 0.0);
   for (i64 b = 0; b < s.B; ++b)
     for (i64 h = 0; h < H; ++h) {
       const i64 g = h / rep, lo = s.per_head ? h * d : 0;
@@ -46,6 +50,7 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
           }
           float sum = 0;
           for (i64 j = 0; j < S; ++j) if (vis(i, j)) sum += std::exp(sc[j] - mx);
+          (c == 0 ? res.lse1 : res.lse2)[(b * H + h) * N + i] = sum > 0 ? mx + std::log(sum) : -INFINITY;
           for (i64 j = 0; j < S; ++j)
             if (vis(i, j)) {
               pc[c][j] = std::exp(sc[j] - mx) / sum;
@@ -64,15 +69,26 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
             for (i64 x = 0; x < dv; ++x) a[x] += pj * float(pr.v_at(b, j, g, x));
           }
         }
-        if (separate)
+        if (separate) {
           for (i64 x = 0; x < dv; ++x) a[x] = o[0][x] - lambda * o[1][x];
+        } else {  // O_2 alone, for the side output (rounded P_2, as any 16-bit P V would)
+          for (i64 j = 0; j < S; ++j) {
+            const float pj = float(from_double<Elem>(pc[1][j]));
+            for (i64 x = 0; x < dv; ++x) o[1][x] += pj * float(pr.v_at(b, j, g, x));
+          }
+        }
         float mean = 0, ms = 0;
         for (float x : a) { mean += x; ms += x * x; }
         mean /= dv; ms /= dv;
         float var = 0;
         for (float x : a) var += (x - mean) * (x - mean);
         var /= dv;
+        const i64 row = (b * H + h) * N + i;
+        res.rstd[row] = s.norm == da::NormKind::rms ? 1 / std::sqrt(ms + 1e-5f)
+                        : s.norm == da::NormKind::group ? 1 / std::sqrt(var + 1e-5f) : 1.f;
+        res.mean[row] = s.norm == da::NormKind::group ? mean : 0.f;
         for (i64 x = 0; x < dv; ++x) {
+          res.o2[row * dv + x] = o[1][x];
           float y = a[x];
           const float gm = s.gamma ? pr.gamma[x] : 1.f;
           if (s.norm == da::NormKind::rms) y = a[x] / std::sqrt(ms + 1e-5f) * gm;
