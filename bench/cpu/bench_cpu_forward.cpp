@@ -1,6 +1,9 @@
 // bench_cpu_forward: the tiled CPU forward beside the naive reference (reference::forward<float>)
 // on the same problems, in one process, plus this machine's fp32 FMA peak and Eigen's sgemm
 // (2048^3) on the same threads, so every figure of a run can be compared side by side.
+// The context of the run (printed first, and in the JSON) names the CPU, the path cpu::forward
+// runs (cpu/isa.hpp; DIFFATTN_CPU_ISA forces one) and the ISA the peak loop used: the best
+// this CPU has, whatever flags this file was compiled with.
 //
 // Runs are named <backend>_forward/<dtype>/<mask>/d:<d>/N:<N> (backend cpu or reference) and
 // report `flops` as a rate (FLOP/s) from diffattn::forward_flops (SPEC.md: 12 N S d per head,
@@ -11,20 +14,25 @@
 //   DIFFATTN_BENCH_REF_MAX_N  largest N for the reference (default 2048: it materialises N x S)
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 #include <Eigen/Core>
 
-#include <diffattn/cpu/detail/tiles.hpp>
 #include <diffattn/cpu/forward.hpp>
+#include <diffattn/cpu/isa.hpp>
 #include <diffattn/diffattn.hpp>
 
 namespace da = diffattn;
@@ -90,37 +98,84 @@ void bm_forward(benchmark::State& state, bool cpu, std::int64_t N, std::int64_t 
   state.counters["threads"] = cpu ? opt.num_threads : 1;
 }
 
-// fp32 FMA peak: 16 independent chains of zmm (or whatever the target has) FMAs per thread.
+// fp32 FMA peak: independent chains of vector FMAs per thread (more than latency x ports on
+// every core we know), with the widest FMA the CPU has, whatever this file's flags.
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) float fma_loop_avx512(long iters) {
+  __m512 a[16];
+  for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ps(1.0f + i * 1e-3f);
+  const __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  for (long it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+  }
+  float s = 0, t[16];
+  for (int i = 0; i < 16; ++i) { _mm512_storeu_ps(t, a[i]); s += t[0]; }
+  return s;
+}
+__attribute__((target("avx2,fma"))) float fma_loop_avx2(long iters) {
+  __m256 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(1.0f + i * 1e-3f);
+  const __m256 b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+  for (long it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) a[i] = _mm256_fmadd_ps(a[i], b, c);
+  }
+  float s = 0, t[8];
+  for (int i = 0; i < 12; ++i) { _mm256_storeu_ps(t, a[i]); s += t[0]; }
+  return s;
+}
+#endif
+#if defined(__aarch64__)
+float fma_loop_neon(long iters) {
+  float32x4_t a[16];
+  for (int i = 0; i < 16; ++i) a[i] = vdupq_n_f32(1.0f + i * 1e-3f);
+  const float32x4_t b = vdupq_n_f32(0.999999f), c = vdupq_n_f32(1e-7f);
+  for (long it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) a[i] = vfmaq_f32(c, a[i], b);
+  }
+  float s = 0;
+  for (int i = 0; i < 16; ++i) s += vgetq_lane_f32(a[i], 0);
+  return s;
+}
+#endif
+
+/// The widest FMA loop this CPU runs: its name, FLOP per iteration, and the loop.
+struct FmaLoop {
+  const char* isa;
+  double flop_per_iter;
+  float (*run)(long);
+};
+FmaLoop best_fma_loop() {
+#if defined(__x86_64__)
+  if (da::cpu::detail::cpu_features().avx512) return {"avx512", 2.0 * 16 * 16, fma_loop_avx512};
+  if (da::cpu::detail::cpu_features().avx2) return {"avx2", 2.0 * 8 * 12, fma_loop_avx2};
+#endif
+#if defined(__aarch64__)
+  return {"neon", 2.0 * 4 * 16, fma_loop_neon};
+#endif
+  return {"scalar", 2.0, [](long iters) {
+            float a = 1.0f;
+            for (long it = 0; it < iters; ++it) a = a * 0.999999f + 1e-7f;
+            return a;
+          }};
+}
+
 void bm_fma_peak(benchmark::State& state) {
   const int threads = bench_threads();
+  const FmaLoop loop = best_fma_loop();
   const long iters = 20'000'000;
   for (auto _ : state) {
     std::vector<std::thread> th;
     std::vector<float> sink(threads);
-    for (int t = 0; t < threads; ++t)
-      th.emplace_back([&, t] {
-#if defined(__AVX512F__)
-        __m512 a[16];
-        for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ps(1.0f + i * 1e-3f);
-        const __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-        for (long it = 0; it < iters; ++it)
-          for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
-        float s = 0;
-        for (int i = 0; i < 16; ++i) s += _mm512_reduce_add_ps(a[i]);
-        sink[t] = s;
-#else
-        float a[16][16];
-        for (int i = 0; i < 16; ++i) for (int l = 0; l < 16; ++l) a[i][l] = 1.0f + i * 1e-3f;
-        for (long it = 0; it < iters; ++it)
-          for (int i = 0; i < 16; ++i) for (int l = 0; l < 16; ++l) a[i][l] = a[i][l] * 0.999999f + 1e-7f;
-        sink[t] = a[3][5];
-#endif
-      });
+    for (int t = 0; t < threads; ++t) th.emplace_back([&, t] { sink[t] = loop.run(iters); });
     for (auto& x : th) x.join();
     benchmark::DoNotOptimize(sink.data());
   }
-  state.counters["flops"] = benchmark::Counter(2.0 * 16 * 16 * iters * threads, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["flops"] = benchmark::Counter(loop.flop_per_iter * iters * threads, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = threads;
+  state.SetLabel(loop.isa);
 }
 
 // Eigen sgemm 2048^3, the columns of C split over the threads (Eigen itself is built without
@@ -144,22 +199,21 @@ void bm_eigen_sgemm(benchmark::State& state) {
 }
 
 // The tile products of one 64-query block against 64 keys (d = 64, dv = 128), single thread:
-// our micro-tiles (cpu/detail/tiles.hpp) against Eigen on the same row-major operands, to show
-// which one the kernel should use at these sizes (issue 3: "measure before writing your own").
-void bm_tile(benchmark::State& state, bool ours, bool qk) {
-  constexpr int nq = 64, nj = 64, d = 64, dv = 128, NV = nq / da::cpu::detail::kLanes;
+// the micro-tiles of a CPU path (cpu/detail/algorithm.inl, through its entry points) against
+// Eigen on the same row-major operands, to show which one the kernel should use at these sizes.
+void bm_tile(benchmark::State& state, da::cpu::Isa isa, bool qk) {
+  constexpr int nq = 64, nj = 64, d = 64, dv = 128;
   using RM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   RM k = RM::Random(nj, d), qt = RM::Random(d, nq), st(nj, nq);
   RM v = RM::Random(nj, dv), pt = RM::Random(nj, nq), ot = RM::Zero(dv, nq);
-  da::cpu::detail::Vec16 alpha[NV];
-  for (auto& a : alpha) a = da::cpu::detail::vset1(1.0f);
+  const da::cpu::detail::Kernels* kern = isa == da::cpu::Isa::none ? nullptr : da::cpu::detail::kernels(isa);
   for (auto _ : state) {
     if (qk) {
-      if (ours) da::cpu::detail::qk_block<NV>(k.data(), d, nj, qt.data(), d, st.data());
+      if (kern) kern->qk_block64(k.data(), d, nj, qt.data(), d, st.data());
       else st.noalias() = k * qt;
       benchmark::DoNotOptimize(st.data());
     } else {
-      if (ours) da::cpu::detail::pv_block<NV>(v.data(), dv, nj, dv, pt.data(), alpha, ot.data());
+      if (kern) kern->pv_block64(v.data(), dv, nj, dv, pt.data(), ot.data());
       else ot.noalias() += v.transpose() * pt;
       benchmark::DoNotOptimize(ot.data());
     }
@@ -167,6 +221,15 @@ void bm_tile(benchmark::State& state, bool ours, bool qk) {
   }
   const double flops = qk ? 2.0 * nj * nq * d : 2.0 * dv * nq * nj;
   state.counters["flops"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// The CPU's model name (/proc/cpuinfo on Linux).
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) return line.substr(line.find(':') + 2);
+  return "unknown";
 }
 
 const char* mask_name(da::MaskKind m) {
@@ -194,10 +257,25 @@ void register_dtype(const char* dname) {
 int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("peak/fma_f32", bm_fma_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("peak/eigen_sgemm/N:2048", bm_eigen_sgemm)->Unit(benchmark::kMillisecond)->UseRealTime();
-  for (bool qk : {true, false})
-    for (bool ours : {true, false})
-      benchmark::RegisterBenchmark((std::string("tile/") + (ours ? "ours" : "eigen") + (qk ? "_qk" : "_pv") + "/d:64").c_str(),
-                                   [=](benchmark::State& s) { bm_tile(s, ours, qk); });
+  for (bool qk : {true, false}) {
+    for (da::cpu::Isa i : da::cpu::kAllIsas)
+      if (da::cpu::isa_supported(i) && i != da::cpu::Isa::amx)  // amx: the avx512 tiles for fp32
+        benchmark::RegisterBenchmark((std::string("tile/") + da::cpu::isa_name(i) + (qk ? "_qk" : "_pv") + "/d:64").c_str(),
+                                     [=](benchmark::State& s) { bm_tile(s, i, qk); });
+    benchmark::RegisterBenchmark((std::string("tile/eigen") + (qk ? "_qk" : "_pv") + "/d:64").c_str(),
+                                 [=](benchmark::State& s) { bm_tile(s, da::cpu::Isa::none, qk); });
+  }
+  const da::cpu::Isa isa = da::cpu::isa();
+  benchmark::AddCustomContext("cpu_model", cpu_model());
+  benchmark::AddCustomContext("cpu_isa", da::cpu::isa_name(isa));
+  benchmark::AddCustomContext("cpu_isa_best", da::cpu::isa_name(da::cpu::best_isa()));
+  benchmark::AddCustomContext("fma_peak_isa", best_fma_loop().isa);
+  benchmark::AddCustomContext("bench_threads", std::to_string(bench_threads()));
+  if (isa == da::cpu::Isa::none) {
+    da::cpu::Isa i;
+    std::fprintf(stderr, "bench_cpu_forward: %s\n", da::cpu::select_isa(da::cpu::Isa::automatic, &i).to_string().c_str());
+    return 1;
+  }
   register_dtype<float>("f32");
   register_dtype<da::bfloat16>("bf16");
   register_dtype<da::half>("f16");

@@ -79,6 +79,7 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
 template <class Elem>
 void run_case(const Shape& s, std::uint64_t seed, bool split = false) {
   INFO(da::dtype_name(da::dtype_of_v<Elem>) << " seed " << seed << " split " << split << " " << s.str()
+       << " path " << da::cpu::isa_name(da::cpu::isa())
        << (std::is_same_v<Elem, da::bfloat16> && da::cpu::bf16_uses_amx(s.d) ? " (AMX)" : ""));
   Problem<Elem> naive(s, seed, split);
   Problem<double> ref = widen(naive);

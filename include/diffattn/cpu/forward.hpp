@@ -7,8 +7,11 @@
 // Same params and results as reference::forward, with O(N) extra memory: blocks of kBlockM = 64
 // queries stream the visible blocks of kBlockN = 64 keys once, with both online softmaxes
 // fused, and the lambda combination, the norm, gamma and (1 - lambda_init) in the epilogue
-// (cpu/detail/kernel.hpp). Math is fp32 for every element type: each key block of K_1, K_2, V
-// is copied (half and bfloat16 widened exactly) into a per-thread scratch with padded rows.
+// (cpu/detail/item.hpp, cpu/detail/algorithm.inl). Math is fp32 for every element type: each
+// key block of K_1, K_2, V is copied (half and bfloat16 widened exactly) into a per-thread
+// scratch with padded rows. The inner loops are compiled for every instruction set the target
+// has (cpu/isa/), whatever the includer's flags, and the best one the CPU runs is chosen at
+// run time (cpu/isa.hpp; Options::isa or DIFFATTN_CPU_ISA force one).
 //
 // Parallel over batch x heads x query blocks (dynamic scheduling, largest items first; each
 // item is computed by one thread in a fixed order, so results are bitwise identical run to run
@@ -37,9 +40,9 @@
 #include "diffattn/core/params.hpp"
 #include "diffattn/core/status.hpp"
 #include "diffattn/core/validate.hpp"
-#include "diffattn/cpu/detail/amx.hpp"
-#include "diffattn/cpu/detail/kernel.hpp"
+#include "diffattn/cpu/detail/item.hpp"
 #include "diffattn/cpu/detail/pool.hpp"
+#include "diffattn/cpu/isa.hpp"
 
 DIFFATTN_NAMESPACE_BEGIN
 namespace cpu {
@@ -54,6 +57,10 @@ struct Options {
   void* scratch = nullptr;
   /// Size of `scratch` in bytes.
   std::size_t scratch_bytes = 0;
+  /// Instruction-set path (cpu/isa.hpp); Isa::automatic: the environment variable
+  /// DIFFATTN_CPU_ISA if set, else the best this CPU supports. A path the CPU cannot run is an
+  /// error (unsupported), not a fallback.
+  Isa isa = Isa::automatic;
 };
 
 /// What the CPU backend accepts: f32, f16 and bf16 elements, any head dim up to 256.
@@ -76,7 +83,6 @@ struct Plan {
   int nsplit = 1;
   std::int64_t nqb = 0;
   std::int64_t units = 0;  ///< B * H * nqb query blocks
-  bool amx = false;        ///< bfloat16 products on AMX (detail/amx.hpp)
   Geometry geo;
   std::size_t thread_bytes = 0, split_bytes = 0;
   std::size_t bytes() const { return 64 + static_cast<std::size_t>(threads) * thread_bytes + split_bytes; }
@@ -88,7 +94,6 @@ inline Plan make_plan(const Params& p, const Options& o) {
   t = std::max(t, 1);
   pl.geo.d = p.head_dim;
   pl.geo.dv = 2 * p.head_dim;
-  pl.amx = p.dtype == DType::bf16 && amx_usable(p.head_dim);
   pl.nqb = (p.seqlen_q + kBlockM - 1) / kBlockM;
   pl.units = p.batch * p.heads * pl.nqb;
   const std::int64_t key_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
@@ -103,7 +108,7 @@ inline Plan make_plan(const Params& p, const Options& o) {
 }
 
 template <class Elem>
-void run_typed(const Params& p, const Plan& pl, void* ws_raw) {
+void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_raw) {
   Ctx cx;
   cx.p = &p;
   cx.geo = pl.geo;
@@ -135,30 +140,9 @@ void run_typed(const Params& p, const Plan& pl, void* ws_raw) {
   };
   auto nv_of = [&](std::int64_t qb) {
     const std::int64_t nr = std::min<std::int64_t>(kBlockM, cx.N - qb * kBlockM);
-    return static_cast<int>((nr + kLanes - 1) / kLanes);
+    return static_cast<int>((nr + kColGroup - 1) / kColGroup);
   };
-  auto process = [&](int nv, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
-                     const ThreadScratch& ts, const State& st) {
-#if DIFFATTN_CPU_AMX
-    if constexpr (std::is_same_v<Elem, bfloat16>) {
-      if (pl.amx) {
-        switch (nv) {
-          case 1: process_item_amx<1>(cx, b, h, qb, s, ts, st); break;
-          case 2: process_item_amx<2>(cx, b, h, qb, s, ts, st); break;
-          case 3: process_item_amx<3>(cx, b, h, qb, s, ts, st); break;
-          default: process_item_amx<4>(cx, b, h, qb, s, ts, st); break;
-        }
-        return;
-      }
-    }
-#endif
-    switch (nv) {
-      case 1: process_item<Elem, 1>(cx, b, h, qb, s, ts, st); break;
-      case 2: process_item<Elem, 2>(cx, b, h, qb, s, ts, st); break;
-      case 3: process_item<Elem, 3>(cx, b, h, qb, s, ts, st); break;
-      default: process_item<Elem, 4>(cx, b, h, qb, s, ts, st); break;
-    }
-  };
+  const Kernels::ProcessFn process = kern.process<Elem>();
   // the split state of (query block unit u, split s)
   auto split_state = [&](std::int64_t b, std::int64_t h, std::int64_t qb, int s) {
     const std::int64_t u = (qb * bh + b * p.heads + h) * pl.nsplit + s;
@@ -177,10 +161,10 @@ void run_typed(const Params& p, const Plan& pl, void* ws_raw) {
       decode(k, &b, &h, &qb, &s);
       const int nv = nv_of(qb);
       if (pl.nsplit == 1) {
-        process(nv, b, h, qb, s, ts, ts.state);
+        process(cx, nv, b, h, qb, s, ts, ts.state);
         epilogue<Elem>(cx, b, h, qb, nv, ts.state, ts.arow);
       } else {
-        process(nv, b, h, qb, s, ts, split_state(b, h, qb, s));
+        process(cx, nv, b, h, qb, s, ts, split_state(b, h, qb, s));
       }
     }
   });
@@ -196,12 +180,7 @@ void run_typed(const Params& p, const Plan& pl, void* ws_raw) {
       const std::int64_t qb = u / bh, b = (u % bh) / p.heads, h = u % p.heads;
       for (int s = 0; s < pl.nsplit; ++s) states[s] = split_state(b, h, qb, s);
       const int nv = nv_of(qb);
-      switch (nv) {
-        case 1: merge_splits<1>(cx, states); break;
-        case 2: merge_splits<2>(cx, states); break;
-        case 3: merge_splits<3>(cx, states); break;
-        default: merge_splits<4>(cx, states); break;
-      }
+      kern.merge(cx, nv, states);
       epilogue<Elem>(cx, b, h, qb, nv, states[0], ts.arow);
     }
   });
@@ -215,13 +194,17 @@ inline std::size_t workspace_bytes(const Params& p, const Options& o = {}) {
   return detail::make_plan(p, o).bytes();
 }
 
-/// True when bfloat16 inputs of head dim d run their products on AMX tiles in this build and
-/// process (P is then rounded to bfloat16 for P V); false: fp32 FMA math as for f32 and f16.
-inline bool bf16_uses_amx(std::int64_t d) { return detail::amx_usable(d); }
+/// True when bfloat16 inputs of head dim d run their products on AMX tiles with these options
+/// (the AMX path, cpu/isa.hpp, and d a multiple of 32; P is then rounded to bfloat16 for P V);
+/// false: fp32 FMA math as for f32 and f16.
+inline bool bf16_uses_amx(std::int64_t d, const Options& o = {}) {
+  Isa i = Isa::none;
+  return select_isa(o.isa, &i).ok() && i == Isa::amx && d % 32 == 0;
+}
 
 /// The tiled CPU forward. Validates first (validate(p, cpu::caps())); on error returns that
-/// status and writes nothing. Also rejects num_threads < 0 and a caller scratch smaller than
-/// workspace_bytes(p, o). Writes out and every extra requested in p.extras.
+/// status and writes nothing. Also rejects num_threads < 0, a caller scratch smaller than
+/// workspace_bytes(p, o), and an ISA path (options.isa or DIFFATTN_CPU_ISA) this CPU cannot run. Writes out and every extra requested in p.extras.
 inline Status forward(const Params& p, const Options& o = {}) {
   Status s = validate(p, caps());
   if (!s.ok()) return s;
@@ -232,13 +215,17 @@ inline Status forward(const Params& p, const Options& o = {}) {
     return Status::Invalid("options.scratch: " + std::to_string(o.scratch_bytes) +
                            " bytes given, cpu::workspace_bytes() says " + std::to_string(pl.bytes()) +
                            " are needed");
+  Isa isa = Isa::none;
+  s = select_isa(o.isa, &isa);
+  if (!s.ok()) return s;
+  const detail::Kernels& kern = *detail::kernels(isa);
   detail::ThreadPool& pool = detail::ThreadPool::instance();
   auto lock = pool.lock();
   void* ws = o.scratch != nullptr ? o.scratch : pool.workspace(pl.bytes());
   switch (p.dtype) {
-    case DType::f16: detail::run_typed<half>(p, pl, ws); break;
-    case DType::bf16: detail::run_typed<bfloat16>(p, pl, ws); break;
-    default: detail::run_typed<float>(p, pl, ws); break;
+    case DType::f16: detail::run_typed<half>(p, pl, kern, ws); break;
+    case DType::bf16: detail::run_typed<bfloat16>(p, pl, kern, ws); break;
+    default: detail::run_typed<float>(p, pl, kern, ws); break;
   }
   return Status::Ok();
 }

@@ -1,14 +1,21 @@
-// diffattn/cpu/detail/kernel.hpp: one work item of the tiled CPU forward, and its epilogue.
+// diffattn/cpu/detail/item.hpp: what every ISA path of the tiled CPU forward shares: the
+// geometry of a work item, its scratch and running state, its key range, and its epilogue.
 //
 // A work item is (batch b, diff head h, query block qb of up to kBlockM rows, key split s).
-// It streams the visible key blocks of kBlockN keys once, for both components:
+// It streams the visible key blocks of kBlockN keys once, for both components
+// (cpu/detail/algorithm.inl, compiled once per instruction set):
 //   S_c^T = K_c Q_c^T            (qk_block, fp32 FMA micro-tiles)
 //   online softmax per row       (running max m_c in log2 units, running sum l_c)
 //   O_c^T = alpha O_c^T + V^T P_c^T   (pv_block; the rescale by alpha is fused into its load)
 // Key blocks no row of the item can see are never visited (the item's key range is the union
 // of its rows' ranges); blocks every row sees fully skip the per-element mask.
-// The epilogue combines A = O_1/l_1 - lambda O_2/l_2, applies the norm, gamma, beta and
-// (1 - lambda_init), and writes out, LSE_1, LSE_2 and the requested extras.
+// The epilogue (here, plain C++: O(N dv) work against the O(N S d) of the products) combines
+// A = O_1/l_1 - lambda O_2/l_2, applies the norm, gamma, beta and (1 - lambda_init), and
+// writes out, LSE_1, LSE_2 and the requested extras.
+//
+// The queries of an item run along the vector lanes of every ISA (qt, st and ot are
+// transposed), padded to a multiple of kColGroup = 16 columns: the template parameter NV of the
+// ISA code is that number of 16-column groups (1 to 4).
 #pragma once
 
 #include <algorithm>
@@ -22,14 +29,26 @@
 #include "diffattn/core/lambda.hpp"
 #include "diffattn/core/mask.hpp"
 #include "diffattn/core/params.hpp"
-#include "diffattn/cpu/detail/simd.hpp"
-#include "diffattn/cpu/detail/tiles.hpp"
 
 DIFFATTN_NAMESPACE_BEGIN
 namespace cpu {
 namespace detail {
 
-/// Query rows per work item (4 vectors of 16 lanes).
+// exp2(f) for f in [-0.5, 0.5]: Taylor series of e^(f ln2) to degree 7; the truncation error
+// is (0.5 ln2)^8 / 8! < 5e-9 relative, below fp32's unit roundoff (6e-8). Every ISA's vexp2
+// evaluates this polynomial (Horner, fused multiply-adds where the ISA has them).
+inline constexpr float kExp2C[8] = {1.0f,
+                                    0.693147180559945f,
+                                    0.240226506959101f,
+                                    0.0555041086648216f,
+                                    0.00961812910762848f,
+                                    0.00133335581464284f,
+                                    0.000154035303933816f,
+                                    1.52527338040598e-05f};
+
+/// Query columns of an item are padded to a multiple of this (every ISA's lane count divides it).
+inline constexpr int kColGroup = 16;
+/// Query rows per work item (4 groups of 16 columns).
 inline constexpr int kBlockM = 64;
 /// Keys per block of the stream. 64: S^T (16 KiB) and a block of K_1, K_2 (32 KiB at d = 64)
 /// stay in L1/L2 next to the O^T accumulators.
@@ -150,43 +169,6 @@ inline ItemKeys<Elem> item_keys(const Ctx& cx, std::int64_t b, std::int64_t g, s
   return ik;
 }
 
-/// The online softmax of one key block for component c: masks st when `full` is false,
-/// rescales (m, l), turns st into P^T in place and returns the factors alpha for O.
-template <int NV>
-inline void online_softmax(const Ctx& cx, float* st, int nj, std::int64_t j0, bool full,
-                           const std::int32_t* kb, const std::int32_t* ke, float* m, float* l,
-                           Vec16* alpha) {
-  constexpr int ld = NV * kLanes;
-  const Vec16 cvec = vset1(cx.c);
-  for (int v = 0; v < NV; ++v) {
-    Vec16 mx = vset1(-std::numeric_limits<float>::infinity());
-    for (int j = 0; j < nj; ++j) {
-      float* sp = st + j * ld + v * kLanes;
-      Vec16 s = vload(sp);
-      if (!full) {
-        s = vmask_keys(s, kb + v * kLanes, ke + v * kLanes, static_cast<std::int32_t>(j0 + j));
-        vstore(sp, s);
-      }
-      mx = vmax(mx, s);
-    }
-    const Vec16 m_old = vload(m + v * kLanes);
-    const Vec16 m_new = vmax(m_old, vmul(mx, cvec));
-    const Vec16 m_use = vfinite_or_zero(m_new);  // a row with no key yet: exponents stay -inf
-    alpha[v] = vexp2(vsub(m_old, m_use));
-    const Vec16 neg_m = vsub(vzero(), m_use);
-    Vec16 sum = vzero();
-    for (int j = 0; j < nj; ++j) {
-      float* sp = st + j * ld + v * kLanes;
-      const Vec16 pj = vexp2(vfma(vload(sp), cvec, neg_m));
-      vstore(sp, pj);
-      sum = vadd(sum, pj);
-    }
-    vstore(l + v * kLanes, vfma(vload(l + v * kLanes), alpha[v], sum));
-    vstore(m + v * kLanes, m_new);
-  }
-}
-
-/// Streams the keys of split s for the query block qb of head (b, h) into `state`.
 /// Starts a work item: the key range of each query lane (0 for padding lanes) and an empty
 /// online-softmax state (max -inf, sum 0, output 0) for both components. Shared by the fp32
 /// and the AMX paths.
@@ -206,89 +188,13 @@ inline void begin_item(const Ctx& cx, std::int64_t i0, std::int64_t nr, int ld, 
   }
 }
 
-template <class Elem, int NV>
-void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
-                  const ThreadScratch& ts, const State& state) {
-  constexpr int ld = NV * kLanes;
-  const Params& p = *cx.p;
-  const std::int64_t d = cx.geo.d, dv = cx.geo.dv;
-  const std::int64_t i0 = qb * kBlockM, nr = std::min<std::int64_t>(kBlockM, cx.N - i0);
-  const std::int64_t g = h / cx.rep;
-
-  // Q_c^T of the block (zero columns past the last row)
-  const ConstTensorRef* qs[2] = {&p.q1, &p.q2};
-  for (int c = 0; c < 2; ++c) {
-    const Elem* q = static_cast<const Elem*>(qs[c]->ptr) + b * qs[c]->stride_b + h * qs[c]->stride_h;
-    float* qt = ts.qt[c];
-    for (std::int64_t i = 0; i < ld; ++i) {
-      if (i < nr) {
-        float* row = ts.arow;  // d <= dv floats of temporary space
-        to_float(q + (i0 + i) * qs[c]->stride_t, row, d);
-        for (std::int64_t x = 0; x < d; ++x) qt[x * ld + i] = row[x];
-      } else {
-        for (std::int64_t x = 0; x < d; ++x) qt[x * ld + i] = 0.0f;
-      }
-    }
-  }
-  begin_item(cx, i0, nr, ld, dv, ts, state);
-
-  const ItemKeys<Elem> ik = item_keys<Elem>(cx, b, g, i0, nr, s);
-  const std::int64_t lo = ik.lo, hi = ik.hi, kb_last = ik.kb_last, ke_first = ik.ke_first;
-  const ConstTensorRef* const* ks = ik.k;
-  const Elem* const* kbase = ik.kbase;
-  const Elem* vbase = ik.vbase;
-
-  Vec16 alpha[NV];
-  for (std::int64_t j0 = lo; j0 < hi; j0 += kBlockN) {
-    const int nj = static_cast<int>(std::min<std::int64_t>(kBlockN, hi - j0));
-    const bool full = !cx.masked || (kb_last <= j0 && ke_first >= j0 + nj);
-    const std::int64_t ldk = cx.geo.ldk(), ldv = cx.geo.ldv();
-    for (int c = 0; c < 2; ++c)
-      for (int j = 0; j < nj; ++j) to_float(kbase[c] + (j0 + j) * ks[c]->stride_t, ts.kbuf[c] + j * ldk, d);
-    for (int j = 0; j < nj; ++j) to_float(vbase + (j0 + j) * p.v.stride_t, ts.vbuf + j * ldv, dv);
-    for (int c = 0; c < 2; ++c) {
-      qk_block<NV>(ts.kbuf[c], ldk, nj, ts.qt[c], static_cast<int>(d), ts.st);
-      online_softmax<NV>(cx, ts.st, nj, j0, full, ts.kb, ts.ke, state.m[c], state.l[c], alpha);
-      pv_block<NV>(ts.vbuf, ldv, nj, static_cast<int>(dv), ts.st, alpha, state.ot[c]);
-    }
-  }
-}
-
-/// Merges the states of the nsplit key splits of one query block into states[0], in order.
-template <int NV>
-void merge_splits(const Ctx& cx, State* states) {
-  constexpr int ld = NV * kLanes;
-  const std::int64_t dv = cx.geo.dv;
-  State& t = states[0];
-  for (int c = 0; c < 2; ++c) {
-    for (int v = 0; v < NV; ++v) {
-      Vec16 mx = vload(t.m[c] + v * kLanes);
-      for (int s = 1; s < cx.nsplit; ++s) mx = vmax(mx, vload(states[s].m[c] + v * kLanes));
-      const Vec16 m_use = vfinite_or_zero(mx);
-      Vec16 w[64];
-      Vec16 l = vzero();
-      for (int s = 0; s < cx.nsplit; ++s) {
-        w[s] = vexp2(vsub(vload(states[s].m[c] + v * kLanes), m_use));
-        l = vfma(vload(states[s].l[c] + v * kLanes), w[s], l);
-      }
-      for (std::int64_t ch = 0; ch < dv; ++ch) {
-        Vec16 o = vzero();
-        for (int s = 0; s < cx.nsplit; ++s) o = vfma(vload(states[s].ot[c] + ch * ld + v * kLanes), w[s], o);
-        vstore(t.ot[c] + ch * ld + v * kLanes, o);
-      }
-      vstore(t.l[c] + v * kLanes, l);
-      vstore(t.m[c] + v * kLanes, mx);
-    }
-  }
-}
-
 /// Combines, normalises and writes the rows of one query block from its final state.
 template <class Elem>
 void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, int nv, const State& st,
               float* arow) {
   using P = float;
   const Params& p = *cx.p;
-  const std::int64_t d = cx.geo.d, dv = cx.geo.dv, ld = nv * kLanes;
+  const std::int64_t d = cx.geo.d, dv = cx.geo.dv, ld = nv * kColGroup;
   const std::int64_t i0 = qb * kBlockM, nr = std::min<std::int64_t>(kBlockM, cx.N - i0);
   const std::int64_t loff = p.lambda.per_head ? h * d : 0;
   const LambdaTerms<double> lt = lambda_terms<double>(

@@ -1,25 +1,28 @@
-// diffattn/cpu/detail/amx.hpp: the bfloat16 work item on Intel AMX (TDPBF16PS tiles).
+// diffattn/cpu/isa/amx.hpp: the bfloat16 work item on Intel AMX (TDPBF16PS tiles), compiled
+// for AMX in any translation unit (cpu/detail/target.hpp) and chosen at run time when the CPU
+// has AMX-TILE and AMX-BF16 and Linux grants the tile state (cpu/isa.hpp). Every other element
+// type, and bfloat16 with d not a multiple of 32, runs the AVX-512 path (isa/avx512.hpp).
 //
 // Measured on the project machine (Sapphire Rapids, one core): fp32 FMA 220 GFLOP/s,
 // AVX512_BF16's vdpbf16ps only 110 (half the FMA rate there, so it does not pay), and AMX
-// TDPBF16PS 3100. So bfloat16 inputs run their two products on AMX when the compiler targets it
-// (__AMX_TILE__, __AMX_BF16__) and Linux grants the tile state (arch_prctl); otherwise they take
-// the fp32 path of kernel.hpp. The layouts stay those of kernel.hpp (queries along the lanes):
+// TDPBF16PS 3100. The layouts stay those of the other paths (queries along the lanes):
 //   S_c^T (16 keys x 16 queries tiles) = K_c (16 x 32 bf16, A) . Q_c^T (pairs of k, B)
 //   O_c^T (16 channels x 16 queries)  += V^T (16 x 32 keys bf16, A) . P_c^T (pairs of keys, B)
 // P is rounded to bfloat16 for the second product (relative error 2^-9 per term, as any bf16
 // computation of P V has; the tests account for it). The online softmax, the key range, the
-// masks and the epilogue are kernel.hpp's.
+// masks and the epilogue are the AVX-512 path's.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "diffattn/core/config.hpp"
-#include "diffattn/cpu/detail/kernel.hpp"
+#include "diffattn/cpu/detail/item.hpp"
+#include "diffattn/cpu/detail/target.hpp"
+#include "diffattn/cpu/isa/avx512.hpp"
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && \
-    defined(__linux__)
+#if DIFFATTN_CPU_X86_TARGETS && defined(__linux__)
 #define DIFFATTN_CPU_AMX 1
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -32,19 +35,37 @@ DIFFATTN_NAMESPACE_BEGIN
 namespace cpu {
 namespace detail {
 
-#if DIFFATTN_CPU_AMX
-
-/// True once Linux has granted this process the AMX tile state (asked once).
+/// True once Linux has granted this process the AMX tile state (asked once; false where the
+/// AMX path is not compiled).
 inline bool amx_ready() {
+#if DIFFATTN_CPU_AMX
   static const bool ok = [] {
     constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
     return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
   return ok;
+#else
+  return false;
+#endif
 }
 
-/// bf16 items go to AMX when it is available and d is a multiple of 32 (one tile of k).
-inline bool amx_usable(std::int64_t d) { return d % 32 == 0 && amx_ready(); }
+}  // namespace detail
+}  // namespace cpu
+DIFFATTN_NAMESPACE_END
+
+#if DIFFATTN_CPU_AMX
+DIFFATTN_CPU_TARGET_BEGIN("amx-tile,amx-bf16,avx512bf16,avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
+DIFFATTN_NAMESPACE_BEGIN
+namespace cpu {
+namespace detail {
+namespace amx {
+
+using avx512::kW;
+using avx512::online_softmax;
+using avx512::Vec;
+using avx512::vload;
+using avx512::vmul;
+using avx512::vstore;
 
 struct alignas(64) TileConfig {
   std::uint8_t palette = 1, start_row = 0;
@@ -64,24 +85,24 @@ inline void amx_configure() {
 inline void transpose16(__m512i r[16]) {
   __m512i t[16];
   for (int k = 0; k < 8; ++k) {
-    t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
-    t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    t[2 * k] = _mm512_maskz_unpacklo_epi32(avx512::kAll, r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_maskz_unpackhi_epi32(avx512::kAll, r[2 * k], r[2 * k + 1]);
   }
   for (int k = 0; k < 4; ++k) {
-    r[4 * k + 0] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
-    r[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
-    r[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
-    r[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+    r[4 * k + 0] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k], t[4 * k + 2]);
+    r[4 * k + 1] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k], t[4 * k + 2]);
+    r[4 * k + 2] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
+    r[4 * k + 3] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
   }
   for (int k = 0; k < 4; ++k) {
-    t[k] = _mm512_shuffle_i32x4(r[k], r[k + 4], 0x88);
-    t[k + 4] = _mm512_shuffle_i32x4(r[k], r[k + 4], 0xdd);
-    t[k + 8] = _mm512_shuffle_i32x4(r[k + 8], r[k + 12], 0x88);
-    t[k + 12] = _mm512_shuffle_i32x4(r[k + 8], r[k + 12], 0xdd);
+    t[k] = _mm512_maskz_shuffle_i32x4(avx512::kAll, r[k], r[k + 4], 0x88);
+    t[k + 4] = _mm512_maskz_shuffle_i32x4(avx512::kAll, r[k], r[k + 4], 0xdd);
+    t[k + 8] = _mm512_maskz_shuffle_i32x4(avx512::kAll, r[k + 8], r[k + 12], 0x88);
+    t[k + 12] = _mm512_maskz_shuffle_i32x4(avx512::kAll, r[k + 8], r[k + 12], 0xdd);
   }
   for (int k = 0; k < 8; ++k) {
-    r[k] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0x88);
-    r[k + 8] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0xdd);
+    r[k] = _mm512_maskz_shuffle_i32x4(avx512::kAll, t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_maskz_shuffle_i32x4(avx512::kAll, t[k], t[k + 8], 0xdd);
   }
 }
 
@@ -93,11 +114,11 @@ inline void pack_vt(const bfloat16* v, std::int64_t ldv, int nj, std::int64_t dv
       __m512i r[16];
       for (int q = 0; q < 16; ++q) {
         const int j = 2 * (jp0 + q);
-        const __m512i lo = j < nj ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j * ldv + c0)))
+        const __m512i lo = j < nj ? _mm512_maskz_cvtepu16_epi32(avx512::kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j * ldv + c0)))
                                   : _mm512_setzero_si512();
-        const __m512i hi = j + 1 < nj ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + (j + 1) * ldv + c0)))
+        const __m512i hi = j + 1 < nj ? _mm512_maskz_cvtepu16_epi32(avx512::kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + (j + 1) * ldv + c0)))
                                       : _mm512_setzero_si512();
-        r[q] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));  // row q: key pair jp0 + q, 16 channels
+        r[q] = _mm512_or_si512(lo, _mm512_maskz_slli_epi32(avx512::kAll, hi, 16));  // row q: key pair jp0 + q, 16 channels
       }
       transpose16(r);  // row q: channel c0 + q, 16 key pairs
       for (int q = 0; q < 16; ++q) _mm512_storeu_si512(vt + (c0 + q) * (kBlockN / 2) + jp0, r[q]);
@@ -108,17 +129,17 @@ inline void pack_vt(const bfloat16* v, std::int64_t ldv, int nj, std::int64_t dv
 /// pp (ceil(nj/32)*16 key pairs, NV*16) 32-bit words: (P^T[2jp][i], P^T[2jp+1][i]) in bf16.
 template <int NV>
 inline void pack_p(const float* st, int nj, std::uint32_t* pp) {
-  constexpr int ld = NV * kLanes;
+  constexpr int ld = NV * kColGroup;
   const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                        21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   const int npairs = (nj + 31) / 32 * 16;
   for (int jp = 0; jp < npairs; ++jp) {
     const int j = 2 * jp;
     for (int v = 0; v < NV; ++v) {
-      const __m512 a = j < nj ? _mm512_loadu_ps(st + j * ld + v * kLanes) : _mm512_setzero_ps();
-      const __m512 b = j + 1 < nj ? _mm512_loadu_ps(st + (j + 1) * ld + v * kLanes) : _mm512_setzero_ps();
+      const __m512 a = j < nj ? _mm512_loadu_ps(st + j * ld + v * kW) : _mm512_setzero_ps();
+      const __m512 b = j + 1 < nj ? _mm512_loadu_ps(st + (j + 1) * ld + v * kW) : _mm512_setzero_ps();
       const __m512i ab = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));  // a in the low half
-      _mm512_storeu_si512(pp + jp * ld + v * kLanes, _mm512_permutexvar_epi16(idx, ab));
+      _mm512_storeu_si512(pp + jp * ld + v * kW, _mm512_permutexvar_epi16(idx, ab));
     }
   }
 }
@@ -160,7 +181,7 @@ inline void zero_c() {
 template <int NV>
 void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
                       const ThreadScratch& ts, const State& state) {
-  constexpr int ld = NV * kLanes;
+  constexpr int ld = NV * kColGroup;
   const Params& p = *cx.p;
   const std::int64_t d = cx.geo.d, dv = cx.geo.dv;
   const std::int64_t i0 = qb * kBlockM, nr = std::min<std::int64_t>(kBlockM, cx.N - i0);
@@ -192,7 +213,7 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
   std::uint32_t* vt = reinterpret_cast<std::uint32_t*>(ts.vbuf);
   const int ldt = ld * 4;  // bytes per row of S^T, O^T, Q^T pairs and P^T pairs
 
-  Vec16 alpha[NV];
+  Vec alpha[NV];
   for (std::int64_t j0 = lo; j0 < hi; j0 += kBlockN) {
     const int nj = static_cast<int>(std::min<std::int64_t>(kBlockN, hi - j0));
     const int njt = (nj + 15) / 16;
@@ -220,7 +241,7 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
       if (not_one) {
         for (std::int64_t ch = 0; ch < dv; ++ch)
           for (int v = 0; v < NV; ++v) {
-            float* o = state.ot[c] + ch * ld + v * kLanes;
+            float* o = state.ot[c] + ch * ld + v * kW;
             vstore(o, vmul(vload(o), alpha[v]));
           }
       }
@@ -238,13 +259,32 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
   _tile_release();
 }
 
-#else
 
-inline bool amx_ready() { return false; }
-inline bool amx_usable(std::int64_t) { return false; }
+/// The entry points of the AMX path: bfloat16 with d a multiple of 32 on AMX tiles, the rest
+/// on AVX-512.
+struct Entry : avx512::Entry {
+  template <class Elem>
+  static void process(const Ctx& cx, int nv, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
+                      const ThreadScratch& ts, const State& st) {
+    if constexpr (std::is_same_v<Elem, bfloat16>) {
+      if (cx.geo.d % 32 == 0) {
+        switch (nv) {
+          case 1: process_item_amx<1>(cx, b, h, qb, s, ts, st); break;
+          case 2: process_item_amx<2>(cx, b, h, qb, s, ts, st); break;
+          case 3: process_item_amx<3>(cx, b, h, qb, s, ts, st); break;
+          default: process_item_amx<4>(cx, b, h, qb, s, ts, st); break;
+        }
+        return;
+      }
+    }
+    avx512::Entry::process<Elem>(cx, nv, b, h, qb, s, ts, st);
+  }
+};
 
-#endif
-
+}  // namespace amx
 }  // namespace detail
 }  // namespace cpu
 DIFFATTN_NAMESPACE_END
+DIFFATTN_CPU_TARGET_END
+
+#endif  // DIFFATTN_CPU_AMX
