@@ -129,7 +129,7 @@ Shape shape(i64 N, i64 S, i64 H, i64 Hkv, i64 d, da::MaskKind m) {
 }
 
 const std::pair<i64, i64> kAwkward[] = {{1, 1}, {7, 65}, {65, 7}, {127, 127}, {257, 257},
-                                        {1, 257}, {257, 1}, {65, 129}};
+                                        {1, 257}, {257, 1}, {65, 129}, {50, 100}};
 const da::MaskKind kMasks[] = {da::MaskKind::none, da::MaskKind::causal, da::MaskKind::window};
 
 template <class Elem>

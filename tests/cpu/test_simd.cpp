@@ -25,8 +25,9 @@ std::vector<const cd::Kernels*> runnable_paths() {
     if (da::cpu::isa_supported(i)) {
       r.push_back(cd::kernels(i));
     } else {
-      MESSAGE(std::string("path ") + da::cpu::isa_name(i) +
-              (da::cpu::isa_compiled(i) ? ": not supported by this CPU, skipped" : ": not compiled for this target, skipped"));
+      const std::string why = da::cpu::isa_compiled(i) ? ": not supported by this CPU, skipped" : ": not compiled for this target, skipped";
+      const std::string msg = std::string("path ") + da::cpu::isa_name(i) + why;
+      MESSAGE(msg);
     }
   }
   return r;
@@ -50,8 +51,9 @@ TEST_CASE("cpu paths: the best supported path is chosen, portable always runs") 
 #if defined(__aarch64__)
   CHECK(da::cpu::best_isa() == da::cpu::Isa::neon);
 #endif
-  MESSAGE(std::string("best path here: ") + da::cpu::isa_name(da::cpu::best_isa()) + "; cpu::isa(): " +
-          da::cpu::isa_name(da::cpu::isa()));
+  const std::string chosen = std::string("best path here: ") + da::cpu::isa_name(da::cpu::best_isa()) +
+                             "; cpu::isa(): " + da::cpu::isa_name(da::cpu::isa());
+  MESSAGE(chosen);
 }
 
 TEST_CASE("cpu paths: names parse; a bad or unrunnable request is an error naming the setting") {

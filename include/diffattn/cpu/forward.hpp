@@ -4,8 +4,8 @@
 //   opt.num_threads = 4;                         // 0: std::thread::hardware_concurrency()
 //   diffattn::Status s = diffattn::cpu::forward(params, opt);
 //
-// Same params and results as reference::forward, with O(N) extra memory: blocks of kBlockM = 64
-// queries stream the visible blocks of kBlockN = 64 keys once, with both online softmaxes
+// Same params and results as reference::forward, with O(N) extra memory: blocks of kBlockM = 128
+// queries (64 on AMX) stream the visible blocks of kBlockN = 64 keys once, with both online softmaxes
 // fused, and the lambda combination, the norm, gamma and (1 - lambda_init) in the epilogue
 // (cpu/detail/item.hpp, cpu/detail/algorithm.inl). Math is fp32 for every element type: each
 // key block of K_1, K_2, V is copied (half and bfloat16 widened exactly) into a per-thread
@@ -20,7 +20,7 @@
 // 4 x threads / items parts whose partial softmax states are merged in a fixed order
 // (deterministic for a fixed thread count).
 //
-// Memory: per thread O(kBlockM * d) floats of scratch (about 0.2 MiB at d = 128), plus, when
+// Memory: per thread O(kBlockM * d) floats of scratch (about 0.6 MiB at d = 128), plus, when
 // keys are split, one state per split; no allocation per call once the pool's workspace has
 // grown (or none at all with Options::scratch).
 #pragma once
@@ -88,13 +88,14 @@ struct Plan {
   std::size_t bytes() const { return 64 + static_cast<std::size_t>(threads) * thread_bytes + split_bytes; }
 };
 
-inline Plan make_plan(const Params& p, const Options& o) {
+inline Plan make_plan(const Params& p, const Options& o, Isa isa) {
   Plan pl;
   int t = o.num_threads > 0 ? o.num_threads : static_cast<int>(std::thread::hardware_concurrency());
   t = std::max(t, 1);
   pl.geo.d = p.head_dim;
   pl.geo.dv = 2 * p.head_dim;
-  pl.nqb = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  pl.geo.bm = amx_items(isa, p.dtype, p.head_dim) ? kBlockMAmx : kBlockM;
+  pl.nqb = (p.seqlen_q + pl.geo.bm - 1) / pl.geo.bm;
   pl.units = p.batch * p.heads * pl.nqb;
   const std::int64_t key_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
   if (pl.units < 2 * t && key_blocks > 1) {
@@ -139,7 +140,7 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
     *s = static_cast<int>(r % pl.nsplit);
   };
   auto nv_of = [&](std::int64_t qb) {
-    const std::int64_t nr = std::min<std::int64_t>(kBlockM, cx.N - qb * kBlockM);
+    const std::int64_t nr = std::min<std::int64_t>(pl.geo.bm, cx.N - qb * pl.geo.bm);
     return static_cast<int>((nr + kColGroup - 1) / kColGroup);
   };
   const Kernels::ProcessFn process = kern.process<Elem>();
@@ -191,7 +192,9 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
 /// Bytes of workspace cpu::forward needs for these params and options (pass at least this
 /// much as Options::scratch_bytes when providing Options::scratch).
 inline std::size_t workspace_bytes(const Params& p, const Options& o = {}) {
-  return detail::make_plan(p, o).bytes();
+  Isa isa = Isa::none;
+  if (!select_isa(o.isa, &isa).ok()) isa = best_isa();  // forward() will report the error
+  return detail::make_plan(p, o, isa).bytes();
 }
 
 /// True when bfloat16 inputs of head dim d run their products on AMX tiles with these options
@@ -199,7 +202,7 @@ inline std::size_t workspace_bytes(const Params& p, const Options& o = {}) {
 /// false: fp32 FMA math as for f32 and f16.
 inline bool bf16_uses_amx(std::int64_t d, const Options& o = {}) {
   Isa i = Isa::none;
-  return select_isa(o.isa, &i).ok() && i == Isa::amx && d % 32 == 0;
+  return select_isa(o.isa, &i).ok() && detail::amx_items(i, DType::bf16, d);
 }
 
 /// The tiled CPU forward. Validates first (validate(p, cpu::caps())); on error returns that
@@ -210,15 +213,15 @@ inline Status forward(const Params& p, const Options& o = {}) {
   if (!s.ok()) return s;
   if (o.num_threads < 0)
     return Status::Invalid("options.num_threads must be >= 0 (0: hardware concurrency)");
-  const detail::Plan pl = detail::make_plan(p, o);
-  if (o.scratch != nullptr && o.scratch_bytes < pl.bytes())
-    return Status::Invalid("options.scratch: " + std::to_string(o.scratch_bytes) +
-                           " bytes given, cpu::workspace_bytes() says " + std::to_string(pl.bytes()) +
-                           " are needed");
   Isa isa = Isa::none;
   s = select_isa(o.isa, &isa);
   if (!s.ok()) return s;
   const detail::Kernels& kern = *detail::kernels(isa);
+  const detail::Plan pl = detail::make_plan(p, o, isa);
+  if (o.scratch != nullptr && o.scratch_bytes < pl.bytes())
+    return Status::Invalid("options.scratch: " + std::to_string(o.scratch_bytes) +
+                           " bytes given, cpu::workspace_bytes() says " + std::to_string(pl.bytes()) +
+                           " are needed");
   detail::ThreadPool& pool = detail::ThreadPool::instance();
   auto lock = pool.lock();
   void* ws = o.scratch != nullptr ? o.scratch : pool.workspace(pl.bytes());

@@ -167,6 +167,12 @@ inline const Kernels* kernels(Isa i) {
 
 }  // namespace detail
 
+namespace detail {
+/// True when items of this element type and head dim run their products on AMX tiles on path i
+/// (amx::Entry::process), with Geometry::bm = kBlockMAmx.
+inline bool amx_items(Isa i, DType t, std::int64_t d) { return i == Isa::amx && t == DType::bf16 && amx_head_dim(d); }
+}  // namespace detail
+
 /// True when the path is compiled into this build (for this target and compiler).
 inline bool isa_compiled(Isa i) { return i != Isa::automatic && detail::kernels(i) != nullptr; }
 

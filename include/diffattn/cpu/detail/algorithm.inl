@@ -59,61 +59,66 @@ inline void pv_tile(const float* vv, std::int64_t ldv, int nj, const float* pt, 
     for (int v = 0; v < TV; ++v) vstore(ot + r * LD + v * kW, acc[r][v]);
 }
 
-/// Vectors per row of an item with NV groups of 16 columns, and per micro-tile.
+/// Vectors per row of an item with NV groups of 16 columns (NB), per micro-tile (TV), and in
+/// the last, narrower chunk of columns when TV does not divide NB (REM, 0 if it does).
 template <int NV>
 struct Cols {
   static constexpr int LD = NV * kColGroup;
   static constexpr int NB = LD / kW;
   static constexpr int TV = NB < kTileVecs ? NB : kTileVecs;
+  static constexpr int REM = NB % TV;
   static_assert(kColGroup % kW == 0, "an ISA's lane count must divide kColGroup");
-  static_assert(NB % TV == 0, "kTileVecs must divide the vectors of a 16-column group or be a multiple of them");
 };
 
-/// st (nj, LD) = K rows [0, nj) times qt: column chunks of TV vectors, in each full tiles of
-/// kTileRows keys, then the remainder.
-template <int NV>
-inline void qk_block(const float* k, std::int64_t ldk, int nj, const float* qt, int d, float* st) {
-  using C = Cols<NV>;
-  constexpr int LD = C::LD, TV = C::TV;
-  static_assert(kTileRows == 6, "qk_block: the remainder switch assumes kTileRows == 6");
-  for (int c0 = 0; c0 < C::NB; c0 += TV) {
-    const float* q = qt + c0 * kW;
-    float* s = st + c0 * kW;
-    int j = 0;
-    for (; j + kTileRows <= nj; j += kTileRows) qk_tile<kTileRows, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD);
-    switch (nj - j) {
-      case 1: qk_tile<1, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-      case 2: qk_tile<2, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-      case 3: qk_tile<3, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-      case 4: qk_tile<4, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-      case 5: qk_tile<5, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-      default: break;
-    }
+/// One chunk of TV vectors of columns, all keys of a block: full tiles of kTileRows keys, then
+/// the remainder.
+template <int TV, int LD>
+inline void qk_chunk(const float* k, std::int64_t ldk, int nj, const float* q, int d, float* s) {
+  static_assert(kTileRows == 6, "qk_chunk: the remainder switch assumes kTileRows == 6");
+  int j = 0;
+  for (; j + kTileRows <= nj; j += kTileRows) qk_tile<kTileRows, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD);
+  switch (nj - j) {
+    case 1: qk_tile<1, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
+    case 2: qk_tile<2, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
+    case 3: qk_tile<3, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
+    case 4: qk_tile<4, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
+    case 5: qk_tile<5, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
+    default: break;
   }
 }
 
-/// ot (dv, LD) = alpha * ot + V^T P^T over keys [0, nj): column chunks of TV vectors, in each
-/// tiles of kTileRows channels.
+/// One chunk of TV vectors of columns, all dv channels: tiles of kTileRows channels.
+template <int TV, int LD>
+inline void pv_chunk(const float* vv, std::int64_t ldv, int nj, int dv, const float* p, const Vec* a, float* o) {
+  int c = 0;
+  for (; c + kTileRows <= dv; c += kTileRows) pv_tile<kTileRows, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD);
+  switch (dv - c) {
+    case 1: pv_tile<1, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
+    case 2: pv_tile<2, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
+    case 3: pv_tile<3, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
+    case 4: pv_tile<4, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
+    case 5: pv_tile<5, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
+    default: break;
+  }
+}
+
+/// st (nj, LD) = K rows [0, nj) times qt, in column chunks of TV vectors.
+template <int NV>
+inline void qk_block(const float* k, std::int64_t ldk, int nj, const float* qt, int d, float* st) {
+  using C = Cols<NV>;
+  int c0 = 0;
+  for (; c0 + C::TV <= C::NB; c0 += C::TV) qk_chunk<C::TV, C::LD>(k, ldk, nj, qt + c0 * kW, d, st + c0 * kW);
+  if constexpr (C::REM > 0) qk_chunk<C::REM, C::LD>(k, ldk, nj, qt + c0 * kW, d, st + c0 * kW);
+}
+
+/// ot (dv, LD) = alpha * ot + V^T P^T over keys [0, nj), in column chunks of TV vectors.
 template <int NV>
 inline void pv_block(const float* vv, std::int64_t ldv, int nj, int dv, const float* pt, const Vec* alpha,
                      float* ot) {
   using C = Cols<NV>;
-  constexpr int LD = C::LD, TV = C::TV;
-  for (int c0 = 0; c0 < C::NB; c0 += TV) {
-    const float* p = pt + c0 * kW;
-    const Vec* a = alpha + c0;
-    float* o = ot + c0 * kW;
-    int c = 0;
-    for (; c + kTileRows <= dv; c += kTileRows) pv_tile<kTileRows, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD);
-    switch (dv - c) {
-      case 1: pv_tile<1, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
-      case 2: pv_tile<2, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
-      case 3: pv_tile<3, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
-      case 4: pv_tile<4, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
-      case 5: pv_tile<5, TV, LD>(vv + c, ldv, nj, p, a, o + c * LD); break;
-      default: break;
-    }
-  }
+  int c0 = 0;
+  for (; c0 + C::TV <= C::NB; c0 += C::TV) pv_chunk<C::TV, C::LD>(vv, ldv, nj, dv, pt + c0 * kW, alpha + c0, ot + c0 * kW);
+  if constexpr (C::REM > 0) pv_chunk<C::REM, C::LD>(vv, ldv, nj, dv, pt + c0 * kW, alpha + c0, ot + c0 * kW);
 }
 
 /// The online softmax of one key block for component c: masks st when `full` is false,
@@ -160,7 +165,7 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
   constexpr int LD = Cols<NV>::LD;
   const Params& p = *cx.p;
   const std::int64_t d = cx.geo.d, dv = cx.geo.dv;
-  const std::int64_t i0 = qb * kBlockM, nr = std::min<std::int64_t>(kBlockM, cx.N - i0);
+  const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.N - i0);
   const std::int64_t g = h / cx.rep;
 
   // Q_c^T of the block (zero columns past the last row)
@@ -229,7 +234,7 @@ void merge_splits(const Ctx& cx, State* states) {
 /// The entry points of this ISA (cpu/isa.hpp takes their addresses; nothing outside the ISA's
 /// region calls its vector code directly).
 struct Entry {
-  /// One work item with nv groups of 16 query columns.
+  /// One work item with nv groups of 16 query columns (1 to kBlockM / 16).
   template <class Elem>
   static void process(const Ctx& cx, int nv, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
                       const ThreadScratch& ts, const State& st) {
@@ -237,15 +242,24 @@ struct Entry {
       case 1: process_item<Elem, 1>(cx, b, h, qb, s, ts, st); break;
       case 2: process_item<Elem, 2>(cx, b, h, qb, s, ts, st); break;
       case 3: process_item<Elem, 3>(cx, b, h, qb, s, ts, st); break;
-      default: process_item<Elem, 4>(cx, b, h, qb, s, ts, st); break;
+      case 4: process_item<Elem, 4>(cx, b, h, qb, s, ts, st); break;
+      case 5: process_item<Elem, 5>(cx, b, h, qb, s, ts, st); break;
+      case 6: process_item<Elem, 6>(cx, b, h, qb, s, ts, st); break;
+      case 7: process_item<Elem, 7>(cx, b, h, qb, s, ts, st); break;
+      default: process_item<Elem, 8>(cx, b, h, qb, s, ts, st); break;
     }
   }
+  static_assert(kBlockM == 8 * kColGroup, "Entry: the switches go up to 8 groups of 16 columns");
   static void merge(const Ctx& cx, int nv, State* states) {
     switch (nv) {
       case 1: merge_splits<1>(cx, states); break;
       case 2: merge_splits<2>(cx, states); break;
       case 3: merge_splits<3>(cx, states); break;
-      default: merge_splits<4>(cx, states); break;
+      case 4: merge_splits<4>(cx, states); break;
+      case 5: merge_splits<5>(cx, states); break;
+      case 6: merge_splits<6>(cx, states); break;
+      case 7: merge_splits<7>(cx, states); break;
+      default: merge_splits<8>(cx, states); break;
     }
   }
   /// Test hooks: the primitives over arrays of n floats (n a multiple of kColGroup).

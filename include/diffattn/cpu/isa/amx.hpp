@@ -184,7 +184,7 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
   constexpr int ld = NV * kColGroup;
   const Params& p = *cx.p;
   const std::int64_t d = cx.geo.d, dv = cx.geo.dv;
-  const std::int64_t i0 = qb * kBlockM, nr = std::min<std::int64_t>(kBlockM, cx.N - i0);
+  const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.N - i0);
   const std::int64_t g = h / cx.rep;
   amx_configure();
 
@@ -267,7 +267,7 @@ struct Entry : avx512::Entry {
   static void process(const Ctx& cx, int nv, std::int64_t b, std::int64_t h, std::int64_t qb, int s,
                       const ThreadScratch& ts, const State& st) {
     if constexpr (std::is_same_v<Elem, bfloat16>) {
-      if (cx.geo.d % 32 == 0) {
+      if (amx_head_dim(cx.geo.d)) {  // items of kBlockMAmx = 64 rows: nv <= 4
         switch (nv) {
           case 1: process_item_amx<1>(cx, b, h, qb, s, ts, st); break;
           case 2: process_item_amx<2>(cx, b, h, qb, s, ts, st); break;
