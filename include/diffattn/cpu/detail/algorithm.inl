@@ -23,8 +23,10 @@
 inline constexpr int kTileRows = 6;
 
 /// st[r][:TV*kW] = sum_x k[r*ldk + x] * qt[x][:TV*kW] for r < MR (qt and st rows LD apart).
-template <int MR, int TV, int LD>
-inline void qk_tile(const float* k, std::int64_t ldk, const float* qt, int d, float* st) {
+/// With MAX, also colmax[:TV*kW] = max(colmax, max_r st[r][:]) while the sums are in registers
+/// (saves the softmax a pass over st for blocks without masked keys).
+template <int MR, int TV, int LD, bool MAX>
+inline void qk_tile(const float* k, std::int64_t ldk, const float* qt, int d, float* st, float* colmax) {
   Vec acc[MR][TV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < TV; ++v) acc[r][v] = vzero();
@@ -38,6 +40,13 @@ inline void qk_tile(const float* k, std::int64_t ldk, const float* qt, int d, fl
   }
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < TV; ++v) vstore(st + r * LD + v * kW, acc[r][v]);
+  if constexpr (MAX) {
+    for (int v = 0; v < TV; ++v) {
+      Vec m = vload(colmax + v * kW);
+      for (int r = 0; r < MR; ++r) m = vmax(m, acc[r][v]);  // a NaN score propagates
+      vstore(colmax + v * kW, m);
+    }
+  }
 }
 
 /// ot[r][:TV*kW] = alpha * ot[r][:] + sum_{j < nj} v[j*ldv + r] * pt[j][:] for r < MR.
@@ -72,17 +81,17 @@ struct Cols {
 
 /// One chunk of TV vectors of columns, all keys of a block: full tiles of kTileRows keys, then
 /// the remainder.
-template <int TV, int LD>
-inline void qk_chunk(const float* k, std::int64_t ldk, int nj, const float* q, int d, float* s) {
+template <int TV, int LD, bool MAX>
+inline void qk_chunk(const float* k, std::int64_t ldk, int nj, const float* q, int d, float* s, float* mx) {
   static_assert(kTileRows == 6, "qk_chunk: the remainder switch assumes kTileRows == 6");
   int j = 0;
-  for (; j + kTileRows <= nj; j += kTileRows) qk_tile<kTileRows, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD);
+  for (; j + kTileRows <= nj; j += kTileRows) qk_tile<kTileRows, TV, LD, MAX>(k + j * ldk, ldk, q, d, s + j * LD, mx);
   switch (nj - j) {
-    case 1: qk_tile<1, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-    case 2: qk_tile<2, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-    case 3: qk_tile<3, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-    case 4: qk_tile<4, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
-    case 5: qk_tile<5, TV, LD>(k + j * ldk, ldk, q, d, s + j * LD); break;
+    case 1: qk_tile<1, TV, LD, MAX>(k + j * ldk, ldk, q, d, s + j * LD, mx); break;
+    case 2: qk_tile<2, TV, LD, MAX>(k + j * ldk, ldk, q, d, s + j * LD, mx); break;
+    case 3: qk_tile<3, TV, LD, MAX>(k + j * ldk, ldk, q, d, s + j * LD, mx); break;
+    case 4: qk_tile<4, TV, LD, MAX>(k + j * ldk, ldk, q, d, s + j * LD, mx); break;
+    case 5: qk_tile<5, TV, LD, MAX>(k + j * ldk, ldk, q, d, s + j * LD, mx); break;
     default: break;
   }
 }
@@ -102,13 +111,16 @@ inline void pv_chunk(const float* vv, std::int64_t ldv, int nj, int dv, const fl
   }
 }
 
-/// st (nj, LD) = K rows [0, nj) times qt, in column chunks of TV vectors.
-template <int NV>
-inline void qk_block(const float* k, std::int64_t ldk, int nj, const float* qt, int d, float* st) {
+/// st (nj, LD) = K rows [0, nj) times qt, in column chunks of TV vectors; with MAX also the
+/// column maxima colmax (LD), which the caller initialises.
+template <int NV, bool MAX = false>
+inline void qk_block(const float* k, std::int64_t ldk, int nj, const float* qt, int d, float* st,
+                     float* colmax = nullptr) {
   using C = Cols<NV>;
   int c0 = 0;
-  for (; c0 + C::TV <= C::NB; c0 += C::TV) qk_chunk<C::TV, C::LD>(k, ldk, nj, qt + c0 * kW, d, st + c0 * kW);
-  if constexpr (C::REM > 0) qk_chunk<C::REM, C::LD>(k, ldk, nj, qt + c0 * kW, d, st + c0 * kW);
+  for (; c0 + C::TV <= C::NB; c0 += C::TV)
+    qk_chunk<C::TV, C::LD, MAX>(k, ldk, nj, qt + c0 * kW, d, st + c0 * kW, colmax + c0 * kW);
+  if constexpr (C::REM > 0) qk_chunk<C::REM, C::LD, MAX>(k, ldk, nj, qt + c0 * kW, d, st + c0 * kW, colmax + c0 * kW);
 }
 
 /// ot (dv, LD) = alpha * ot + V^T P^T over keys [0, nj), in column chunks of TV vectors.
@@ -123,23 +135,28 @@ inline void pv_block(const float* vv, std::int64_t ldv, int nj, int dv, const fl
 
 /// The online softmax of one key block for component c: masks st when `full` is false,
 /// rescales (m, l), turns st into P^T in place and returns the factors alpha (NB vectors) for O.
+/// colmax: the column maxima of st when qk_block computed them (full blocks), else nullptr.
 template <int NV>
 inline void online_softmax(const Ctx& cx, float* st, int nj, std::int64_t j0, bool full,
                            const std::int32_t* kb, const std::int32_t* ke, float* m, float* l,
-                           Vec* alpha) {
+                           Vec* alpha, const float* colmax = nullptr) {
   using C = Cols<NV>;
   constexpr int LD = C::LD;
   const Vec cvec = vset1(cx.c);
   for (int v = 0; v < C::NB; ++v) {
     Vec mx = vset1(-std::numeric_limits<float>::infinity());
-    for (int j = 0; j < nj; ++j) {
-      float* sp = st + j * LD + v * kW;
-      Vec s = vload(sp);
-      if (!full) {
-        s = vmask_keys(s, kb + v * kW, ke + v * kW, static_cast<std::int32_t>(j0 + j));
-        vstore(sp, s);
+    if (colmax) {
+      mx = vload(colmax + v * kW);
+    } else {
+      for (int j = 0; j < nj; ++j) {
+        float* sp = st + j * LD + v * kW;
+        Vec s = vload(sp);
+        if (!full) {
+          s = vmask_keys(s, kb + v * kW, ke + v * kW, static_cast<std::int32_t>(j0 + j));
+          vstore(sp, s);
+        }
+        mx = vmax(mx, s);
       }
-      mx = vmax(mx, s);
     }
     const Vec m_old = vload(m + v * kW);
     const Vec m_new = vmax(m_old, vmul(mx, cvec));
@@ -187,6 +204,7 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
 
   const ItemKeys<Elem> ik = item_keys<Elem>(cx, b, g, i0, nr, s);
   Vec alpha[Cols<NV>::NB];
+  alignas(64) float colmax[LD];
   const std::int64_t ldk = cx.geo.ldk(), ldv = cx.geo.ldv();
   for (std::int64_t j0 = ik.lo; j0 < ik.hi; j0 += kBlockN) {
     const int nj = static_cast<int>(std::min<std::int64_t>(kBlockN, ik.hi - j0));
@@ -195,8 +213,14 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
       for (int j = 0; j < nj; ++j) to_float(ik.kbase[c] + (j0 + j) * ik.k[c]->stride_t, ts.kbuf[c] + j * ldk, d);
     for (int j = 0; j < nj; ++j) to_float(ik.vbase + (j0 + j) * p.v.stride_t, ts.vbuf + j * ldv, dv);
     for (int c = 0; c < 2; ++c) {
-      qk_block<NV>(ts.kbuf[c], ldk, nj, ts.qt[c], static_cast<int>(d), ts.st);
-      online_softmax<NV>(cx, ts.st, nj, j0, full, ts.kb, ts.ke, state.m[c], state.l[c], alpha);
+      if (full) {
+        for (int i = 0; i < LD; ++i) colmax[i] = -std::numeric_limits<float>::infinity();
+        qk_block<NV, true>(ts.kbuf[c], ldk, nj, ts.qt[c], static_cast<int>(d), ts.st, colmax);
+      } else {
+        qk_block<NV>(ts.kbuf[c], ldk, nj, ts.qt[c], static_cast<int>(d), ts.st);
+      }
+      online_softmax<NV>(cx, ts.st, nj, j0, full, ts.kb, ts.ke, state.m[c], state.l[c], alpha,
+                         full ? colmax : nullptr);
       pv_block<NV>(ts.vbuf, ldv, nj, static_cast<int>(dv), ts.st, alpha, state.ot[c]);
     }
   }
