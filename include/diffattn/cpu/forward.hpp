@@ -214,8 +214,8 @@ inline Status forward(const Params& p, const Options& o = {}) {
   if (o.num_threads < 0)
     return Status::Invalid("options.num_threads must be >= 0 (0: hardware concurrency)");
   Isa isa = Isa::none;
-  s = select_isa(o.isa, &isa);
-  if (!s.ok()) return s;
+  const Status si = select_isa(o.isa, &isa);
+  if (!si.ok()) return si;
   const detail::Kernels& kern = *detail::kernels(isa);
   const detail::Plan pl = detail::make_plan(p, o, isa);
   if (o.scratch != nullptr && o.scratch_bytes < pl.bytes())

@@ -77,20 +77,21 @@ inline Vec vmask_keys(Vec s, const std::int32_t* kb, const std::int32_t* ke, std
 /// Converts n elements to fp32 (exact for half and bfloat16).
 template <class Elem>
 inline void to_float(const Elem* src, float* dst, std::int64_t n) {
-  std::int64_t i = 0;
   if constexpr (std::is_same_v<Elem, float>) {
     std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
-    return;
-  } else if constexpr (std::is_same_v<Elem, half>) {
-    for (; i + 8 <= n; i += 8)
-      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-  } else if constexpr (std::is_same_v<Elem, bfloat16>) {
-    for (; i + 8 <= n; i += 8) {
-      const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-      _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  } else {
+    std::int64_t i = 0;
+    if constexpr (std::is_same_v<Elem, half>) {
+      for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    } else if constexpr (std::is_same_v<Elem, bfloat16>) {
+      for (; i + 8 <= n; i += 8) {
+        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+      }
     }
+    for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
   }
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
 #include "diffattn/cpu/detail/algorithm.inl"

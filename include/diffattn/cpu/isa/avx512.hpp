@@ -77,20 +77,21 @@ inline Vec vmask_keys(Vec s, const std::int32_t* kb, const std::int32_t* ke, std
 /// Converts n elements to fp32 (exact for half and bfloat16).
 template <class Elem>
 inline void to_float(const Elem* src, float* dst, std::int64_t n) {
-  std::int64_t i = 0;
   if constexpr (std::is_same_v<Elem, float>) {
     std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
-    return;
-  } else if constexpr (std::is_same_v<Elem, half>) {
-    for (; i + 16 <= n; i += 16)
-      _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
-  } else if constexpr (std::is_same_v<Elem, bfloat16>) {
-    for (; i + 16 <= n; i += 16) {
-      const __m512i w = _mm512_maskz_cvtepu16_epi32(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
-      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, w, 16)));
+  } else {
+    std::int64_t i = 0;
+    if constexpr (std::is_same_v<Elem, half>) {
+      for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+    } else if constexpr (std::is_same_v<Elem, bfloat16>) {
+      for (; i + 16 <= n; i += 16) {
+        const __m512i w = _mm512_maskz_cvtepu16_epi32(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+        _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, w, 16)));
+      }
     }
+    for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
   }
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
 #include "diffattn/cpu/detail/algorithm.inl"

@@ -71,18 +71,19 @@ inline Vec vmask_keys(Vec s, const std::int32_t* kb, const std::int32_t* ke, std
 /// Converts n elements to fp32 (exact for half and bfloat16).
 template <class Elem>
 inline void to_float(const Elem* src, float* dst, std::int64_t n) {
-  std::int64_t i = 0;
   if constexpr (std::is_same_v<Elem, float>) {
     std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
-    return;
-  } else if constexpr (std::is_same_v<Elem, half>) {
-    for (; i + 4 <= n; i += 4)
-      vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(src + i)))));
-  } else if constexpr (std::is_same_v<Elem, bfloat16>) {
-    for (; i + 4 <= n; i += 4)
-      vst1q_f32(dst + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(src + i)), 16)));
+  } else {
+    std::int64_t i = 0;
+    if constexpr (std::is_same_v<Elem, half>) {
+      for (; i + 4 <= n; i += 4)
+        vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(src + i)))));
+    } else if constexpr (std::is_same_v<Elem, bfloat16>) {
+      for (; i + 4 <= n; i += 4)
+        vst1q_f32(dst + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(src + i)), 16)));
+    }
+    for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
   }
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
 #include "diffattn/cpu/detail/algorithm.inl"
