@@ -1,12 +1,21 @@
-# diffattn_add_test(<name> SOURCES <files...> [LABELS <labels...>] [TIMEOUT <s>] [LIBS <targets...>])
+# diffattn_add_test(<name> SOURCES <files...> [LABELS <labels...>] [TIMEOUT <s>] [LIBS <targets...>]
+#                   [OWN_MAIN])
 # One doctest executable, registered with ctest under the same name. The shared doctest main
-# (tests/test_main.cpp) is linked in; pass --doctest options through ctest's -- args if needed.
+# (tests/test_main.cpp) is linked in, unless OWN_MAIN: then the sources define main(), and an
+# exit code of 77 is reported by ctest as skipped (never as passed).
 function(diffattn_add_test name)
-  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LABELS;LIBS" ${ARGN})
+  cmake_parse_arguments(T "OWN_MAIN" "TIMEOUT" "SOURCES;LABELS;LIBS" ${ARGN})
   add_executable(${name} ${T_SOURCES})
-  target_link_libraries(${name} PRIVATE diffattn::diffattn diffattn_dev_flags diffattn_test_main ${T_LIBS})
+  if(T_OWN_MAIN)
+    target_link_libraries(${name} PRIVATE diffattn::diffattn diffattn_dev_flags doctest::doctest ${T_LIBS})
+  else()
+    target_link_libraries(${name} PRIVATE diffattn::diffattn diffattn_dev_flags diffattn_test_main ${T_LIBS})
+  endif()
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
   add_test(NAME ${name} COMMAND ${name})
+  if(T_OWN_MAIN)
+    set_tests_properties(${name} PROPERTIES SKIP_RETURN_CODE 77)
+  endif()
   if(T_LABELS)
     set_tests_properties(${name} PROPERTIES LABELS "${T_LABELS}")
   endif()

@@ -1,6 +1,7 @@
 // validate(): every rejected case returns its error, names the argument, and writes nothing.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -116,6 +117,25 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
        [](da::Params&, auto&, da::BackendCaps& c) { c.max_seqlen = 6; }},
       {"lambda vector misaligned", "lambda.lq2 is not aligned", INV,
        [](da::Params& p, auto&, auto&) { p.lambda.lq2 = static_cast<const char*>(p.lambda.lq2) + 1; }},
+      // before these were rejected, validation itself overflowed (UB) and read far out of bounds
+      {"per-head lambda: heads * head_dim overflows int64", "overflow", INV,
+       [](da::Params& p, auto&, auto&) { p.kv_heads = 1; p.heads = kMax / 2; p.lambda.per_head = true; }},
+      {"per-head lambda: huge heads, tensors overflow before any lambda is read", "overflow", INV,
+       [](da::Params& p, auto&, auto&) { p.kv_heads = 1; p.heads = kMax / 64; p.lambda.per_head = true; }},
+      // before: fp32 backends returned inf/NaN where the double reference was finite
+      {"lambda: <lq1, lk1> = 100, exp overflows fp32", "<lambda.lq1, lambda.lk1> = 100", INV,
+       [](da::Params&, Problem<float>& pr, auto&) {
+         for (float& x : pr.lq1) x = std::sqrt(100.0f / 8);
+         for (float& x : pr.lk1) x = std::sqrt(100.0f / 8);
+       }},
+      {"lambda: <lq2, lk2> = 90 (head 3), exp overflows fp32", "(head 3)", INV,
+       [](da::Params& p, Problem<float>& pr, auto&) {
+         pr.lq1.assign(p.heads * p.head_dim, 0.1f); pr.lk1 = pr.lq1; pr.lq2 = pr.lq1; pr.lk2 = pr.lq1;
+         for (i64 x = 3 * p.head_dim; x < 4 * p.head_dim; ++x) pr.lq2[x] = pr.lk2[x] = std::sqrt(90.0f / 8);
+         p.lambda = {pr.lq1.data(), pr.lk1.data(), pr.lq2.data(), pr.lk2.data(), true, 0.2};
+       }},
+      // before: a fully masked row (A = 0) gave 0 * 1/sqrt(eps) = 0 * inf = NaN in fp32
+      {"eps below 1e-30", "norm.eps must be finite and >= 1e-30", INV, [](da::Params& p, auto&, auto&) { p.norm.eps = 1e-80; }},
   };
   CHECK(cases.size() >= 25);
   for (const Case& c : cases) {
@@ -142,6 +162,30 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
     CHECK(bytes_of(pr.lse1) == lse0);
     CHECK(bytes_of(pr.attn) == attn0);
   }
+}
+
+TEST_CASE("validate: lambda is checked in the math of the element type (fp32, or double for f64)") {
+  Shape s;
+  s.N = 5; s.S = 7; s.d = 8;
+  Problem<double> pd(s, 3);
+  for (double& x : pd.lq1) x = std::sqrt(100.0 / 8);  // <lq1, lk1> = 100: finite in double
+  for (double& x : pd.lk1) x = std::sqrt(100.0 / 8);
+  da::Params p = pd.params();
+  CHECK(da::validate(p, da::reference::caps()).ok());
+  REQUIRE(da::reference::forward<double>(p).ok());
+  for (double x : pd.out) CHECK(std::isfinite(x));
+  for (double& x : pd.lq1) x = std::sqrt(800.0 / 8);  // 800: exp overflows double too
+  for (double& x : pd.lk1) x = std::sqrt(800.0 / 8);
+  const da::Status st = da::validate(p, da::reference::caps());
+  CHECK(st.code() == da::StatusCode::invalid_argument);
+  CHECK(st.message().find("overflows double") != std::string::npos);
+  Problem<float> pf(s, 3);
+  for (float& x : pf.lq1) x = std::sqrt(80.0f / 8);  // 80: below fp32's 88.72, accepted
+  for (float& x : pf.lk1) x = std::sqrt(80.0f / 8);
+  da::Params q = pf.params();
+  CHECK(da::validate(q, da::reference::caps()).ok());
+  p.norm.eps = q.norm.eps = 1e-30;  // the smallest eps accepted
+  CHECK(da::validate(q, da::reference::caps()).ok());
 }
 
 TEST_CASE("validate: valid padded and interleaved output layouts are accepted") {

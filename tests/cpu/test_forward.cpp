@@ -223,6 +223,28 @@ TEST_CASE("cpu forward: caller scratch") {
   CHECK(same_bits(a.out, b.out));
 }
 
+TEST_CASE("cpu forward: fully masked rows stay finite at the smallest eps validation accepts") {
+  // causal with N > S: the first N - S rows see no key (A = 0); before eps was bounded below,
+  // eps = 1e-80 made rstd = 1/sqrt(eps) overflow fp32 and those rows NaN
+  for (da::NormKind norm : {da::NormKind::rms, da::NormKind::group}) {
+    Shape s = shape(40, 20, 2, 1, 32, da::MaskKind::causal);
+    s.norm = norm;
+    s.beta = norm == da::NormKind::group;
+    Problem<float> a(s, 6), r(s, 6);
+    da::Params p = a.params(), pr = r.params();
+    p.norm.eps = pr.norm.eps = 1e-30;
+    REQUIRE(da::cpu::forward(p).ok());
+    REQUIRE(da::reference::forward<float>(pr).ok());
+    for (std::size_t i = 0; i < a.out.size(); ++i) {
+      REQUIRE(std::isfinite(a.out[i]));
+      REQUIRE(std::isfinite(r.out[i]));
+    }
+    for (i64 ch = 0; ch < 64; ++ch) CHECK(a.out[ch] == (s.beta ? r.out[ch] : 0.0f));  // row 0: no key
+    p.norm.eps = 1e-80;
+    CHECK(da::cpu::forward(p).code() == da::StatusCode::invalid_argument);
+  }
+}
+
 TEST_CASE("cpu forward: NaN in an input row shows up in that row's output") {
   Shape s = shape(20, 20, 1, 1, 32, da::MaskKind::none);
   Problem<float> a(s, 5);

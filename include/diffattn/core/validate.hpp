@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -48,6 +50,11 @@ struct BackendCaps {
 namespace detail {
 
 // Checked int64 arithmetic: false on overflow.
+/// The smallest norm.eps accepted: far below what models use (1e-5 to 1e-8), and far above the
+/// about 8.6e-78 under which 1/sqrt(eps) overflows fp32 (a fully masked row is A = 0, whose
+/// rstd is exactly 1/sqrt(eps): 0 * inf would be NaN).
+inline constexpr double kMinNormEps = 1e-30;
+
 inline bool mul_ok(std::int64_t a, std::int64_t b, std::int64_t* r) {
   return !__builtin_mul_overflow(a, b, r);
 }
@@ -291,21 +298,22 @@ inline Status validate_common(const Params& p, const BackendCaps& caps, bool wit
   const void* lptrs[4] = {l.lq1, l.lk1, l.lq2, l.lk2};
   const bool dbl = p.dtype == DType::f64;
   const std::int64_t pelem = dbl ? 8 : 4;
-  const std::int64_t lam_len = (l.per_head ? p.heads : 1) * p.head_dim;
+  std::int64_t lam_len = 0, lam_bytes = 0;
+  if (!mul_ok(l.per_head ? p.heads : 1, p.head_dim, &lam_len) || !mul_ok(lam_len, pelem, &lam_bytes))
+    return bad("lambda: heads * head_dim elements of a per-head lambda vector overflow int64");
   for (int i = 0; i < 4; ++i) {
     if (lptrs[i] == nullptr) return bad(std::string(lnames[i]) + " is null");
     if (reinterpret_cast<std::uintptr_t>(lptrs[i]) % pelem != 0)
       return bad(std::string(lnames[i]) + " is not aligned to its element size");
-    if (caps.host_readable && has_nan_or_inf(lptrs[i], lam_len, dbl))
-      return bad(std::string(lnames[i]) + " contains NaN or infinity");
   }
 
   // norm
   const NormParams& nm = p.norm;
   if (nm.kind != NormKind::none && nm.kind != NormKind::rms && nm.kind != NormKind::group)
     return bad("norm.kind: unknown norm kind " + std::to_string(static_cast<int>(nm.kind)));
-  if (nm.kind != NormKind::none && !(nm.eps > 0 && std::isfinite(nm.eps)))
-    return bad("norm.eps must be finite and > 0");
+  if (nm.kind != NormKind::none && !(nm.eps >= kMinNormEps && std::isfinite(nm.eps)))
+    return bad("norm.eps must be finite and >= 1e-30 (got " + std::to_string(nm.eps) +
+               "; below about 1e-77, 1/sqrt(eps) overflows fp32 and a fully masked row would be NaN)");
   if (nm.kind == NormKind::none && (nm.gamma || nm.beta))
     return bad("norm.gamma/norm.beta are set but norm.kind is none");
   if (nm.kind == NormKind::rms && nm.beta)
@@ -314,10 +322,6 @@ inline Status validate_common(const Params& p, const BackendCaps& caps, bool wit
     if (w && reinterpret_cast<std::uintptr_t>(w) % pelem != 0)
       return bad(std::string(w == nm.gamma ? "norm.gamma" : "norm.beta") +
                  " is not aligned to its element size");
-  if (caps.host_readable) {
-    if (nm.gamma && has_nan_or_inf(nm.gamma, 2 * p.head_dim, dbl)) return bad("norm.gamma contains NaN or infinity");
-    if (nm.beta && has_nan_or_inf(nm.beta, 2 * p.head_dim, dbl)) return bad("norm.beta contains NaN or infinity");
-  }
 
   // main tensors
   const std::int64_t N = p.seqlen_q, S = p.seqlen_k, H = p.heads, G = p.kv_heads, d = p.head_dim;
@@ -353,6 +357,50 @@ inline Status validate_common(const Params& p, const BackendCaps& caps, bool wit
   return Status::Ok();
 }
 
+/// The values of the host-readable side inputs, read only after every extent has been checked
+/// (a size that overflows is rejected before anything is read): the lambda vectors and norm
+/// weights are finite, and so are exp(<lq1, lk1>), exp(<lq2, lk2>) and lambda in the math of
+/// the backends that take this element type (fp32 for f32, f16 and bf16; double for f64).
+inline Status check_side_values(const Params& p, const BackendCaps& caps) {
+  if (!caps.host_readable) return Status::Ok();  // device memory: the caller's responsibility
+  const bool dbl = p.dtype == DType::f64;
+  const LambdaParams& l = p.lambda;
+  const std::int64_t heads = l.per_head ? p.heads : 1, d = p.head_dim;
+  const char* lnames[4] = {"lambda.lq1", "lambda.lk1", "lambda.lq2", "lambda.lk2"};
+  const void* lptrs[4] = {l.lq1, l.lk1, l.lq2, l.lk2};
+  for (int i = 0; i < 4; ++i)
+    if (has_nan_or_inf(lptrs[i], heads * d, dbl)) return Status::Invalid(std::string(lnames[i]) + " contains NaN or infinity");
+  const double big = dbl ? std::numeric_limits<double>::max() : static_cast<double>(std::numeric_limits<float>::max());
+  const double max_exp_arg = std::log(big);  // 88.72 for fp32, 709.78 for double
+  auto at = [&](const void* v, std::int64_t i) {
+    return dbl ? static_cast<const double*>(v)[i] : static_cast<double>(static_cast<const float*>(v)[i]);
+  };
+  for (std::int64_t h = 0; h < heads; ++h) {
+    double dot[2] = {0, 0};
+    for (std::int64_t x = h * d; x < (h + 1) * d; ++x) {
+      dot[0] += at(l.lq1, x) * at(l.lk1, x);
+      dot[1] += at(l.lq2, x) * at(l.lk2, x);
+    }
+    for (int c = 0; c < 2; ++c) {
+      if (dot[c] > max_exp_arg) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%.6g", dot[c]);
+        return Status::Invalid(std::string("lambda: <") + lnames[2 * c] + ", " + lnames[2 * c + 1] + "> = " + buf +
+                               (l.per_head ? " (head " + std::to_string(h) + ")" : std::string()) +
+                               ": its exp overflows " + (dbl ? "double" : "fp32") + " (the dot products must be below " +
+                               (dbl ? "709.78" : "88.72") + ")");
+      }
+    }
+    if (!(std::fabs(std::exp(dot[0]) - std::exp(dot[1]) + l.lambda_init) <= big))
+      return Status::Invalid("lambda: exp(<lq1, lk1>) - exp(<lq2, lk2>) + lambda_init overflows " +
+                             std::string(dbl ? "double" : "fp32"));
+  }
+  const NormParams& nm = p.norm;
+  if (nm.gamma && has_nan_or_inf(nm.gamma, 2 * d, dbl)) return Status::Invalid("norm.gamma contains NaN or infinity");
+  if (nm.beta && has_nan_or_inf(nm.beta, 2 * d, dbl)) return Status::Invalid("norm.beta contains NaN or infinity");
+  return Status::Ok();
+}
+
 }  // namespace detail
 
 /// Checks a forward call. Ok, or a status naming the argument and the rule it breaks.
@@ -361,7 +409,8 @@ inline Status validate(const Params& p, const BackendCaps& caps = {}) {
   layouts.reserve(16);
   Status s = detail::validate_common(p, caps, /*with_forward_outputs=*/true, layouts);
   if (!s.ok()) return s;
-  return detail::check_layouts(layouts);
+  if (!(s = detail::check_layouts(layouts)).ok()) return s;
+  return detail::check_side_values(p, caps);
 }
 
 /// Checks a backward call: the forward's inputs, dout, and every gradient output.
@@ -398,7 +447,8 @@ inline Status validate(const BackwardParams& bp, const BackendCaps& caps = {}) {
       return Status::Invalid(std::string(names[i]) + " is not aligned to its element size");
     detail::add_side(layouts, names[i], ptrs[i], i < 4 ? lam_len : 2 * d, pelem, true);
   }
-  return detail::check_layouts(layouts);
+  if (!(s = detail::check_layouts(layouts)).ok()) return s;
+  return detail::check_side_values(p, caps);
 }
 
 DIFFATTN_NAMESPACE_END
