@@ -1,6 +1,11 @@
 // The reference forward: hand-computed cases, an independent loop implementation, properties.
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+
 #include "support/problem.hpp"
 
 using namespace dt;
@@ -344,4 +349,39 @@ TEST_CASE("accumulating in float agrees with double on f32 inputs") {
   // sums of <= 127 products in float: ~127 * 6e-8 relative, amplified by the norm (rms >= 0.05
   // on this data): 1e-4 absolute on outputs of magnitude ~1
   check_close(to_double(pr.out), want, 1e-4, 1e-4, "out, float vs double accumulation");
+}
+
+TEST_CASE("out of memory is a Status, not an exception, and nothing is written") {
+  // S = 2^34 keys broadcast from one row (token stride 0): the reference would materialise a
+  // 1 x 2^34 score row and K as a 2^34 x d matrix. Before, std::bad_alloc left forward().
+  Shape s;
+  s.N = 1; s.S = 1; s.H = 1; s.Hkv = 1; s.d = 8;
+  Problem<float> pr(s, 7);
+  da::Params p = pr.params();
+  p.seqlen_k = i64{1} << 34;
+  p.k1.stride_t = p.k2.stride_t = p.v.stride_t = 0;
+  REQUIRE(da::validate(p, da::reference::caps()).ok());
+  // an address-space cap makes the allocation fail whatever the machine's overcommit policy
+  long pages = 0;
+  if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
+    std::fclose(f);
+  }
+  REQUIRE(pages > 0);
+  rlimit old{};
+  REQUIRE(getrlimit(RLIMIT_AS, &old) == 0);
+  rlimit cap = old;
+  cap.rlim_cur = static_cast<rlim_t>(pages) * static_cast<rlim_t>(sysconf(_SC_PAGESIZE)) + (rlim_t{1} << 32);
+  REQUIRE(setrlimit(RLIMIT_AS, &cap) == 0);
+  da::Status st = da::Status::Ok();
+  try {
+    st = da::reference::forward<double>(p);
+  } catch (...) {
+    st = da::Status::Internal("an exception left reference::forward");
+  }
+  REQUIRE(setrlimit(RLIMIT_AS, &old) == 0);
+  CHECK(st.code() == da::StatusCode::unsupported);
+  CHECK(st.message().find("out of memory") != std::string::npos);
+  for (float x : pr.out) CHECK(std::isnan(x));
+  for (float x : pr.lse1) CHECK(std::isnan(x));
 }

@@ -126,7 +126,11 @@ Status backward(const BackwardParams& bp) {
                 "reference::backward<Acc>: Acc must be float or double");
   Status s = validate(bp, caps());
   if (!s.ok()) return s;
-  visit_dtype(bp.fwd.dtype, [&](auto elem) { detail::backward_impl<decltype(elem), Acc>(bp); });
+  try {
+    visit_dtype(bp.fwd.dtype, [&](auto elem) { detail::backward_impl<decltype(elem), Acc>(bp); });
+  } catch (const std::bad_alloc&) {  // no exception leaves a public entry point
+    return detail::out_of_memory(bp.fwd);
+  }
   return Status::Ok();
 }
 

@@ -7,6 +7,9 @@
 // Writes out and every extra requested in params.extras. Single-threaded.
 #pragma once
 
+#include <new>
+#include <string>
+
 #include <cstdint>
 
 #include "diffattn/core/params.hpp"
@@ -28,6 +31,15 @@ inline BackendCaps caps() {
 }
 
 namespace detail {
+
+/// The reference materialises the N x S scores of a head (and K, V as matrices): when that
+/// cannot be allocated it says so. The first head's allocations fail before anything is
+/// written (each head allocates the same sizes before it stores).
+inline Status out_of_memory(const Params& p) {
+  return Status::Unsupported("reference: out of memory for one head's N x S matrices (N = " +
+                             std::to_string(p.seqlen_q) + ", S = " + std::to_string(p.seqlen_k) +
+                             "): the reference materialises them; cpu::forward streams them");
+}
 
 template <class Elem, class Acc>
 void forward_impl(const Params& p) {
@@ -64,7 +76,11 @@ Status forward(const Params& p) {
                 "reference::forward<Acc>: Acc must be float or double");
   Status s = validate(p, caps());
   if (!s.ok()) return s;
-  visit_dtype(p.dtype, [&](auto elem) { detail::forward_impl<decltype(elem), Acc>(p); });
+  try {
+    visit_dtype(p.dtype, [&](auto elem) { detail::forward_impl<decltype(elem), Acc>(p); });
+  } catch (const std::bad_alloc&) {  // no exception leaves a public entry point
+    return detail::out_of_memory(p);
+  }
   return Status::Ok();
 }
 
