@@ -18,7 +18,11 @@
 // naive_bf16_p below, the same fp32 computation with P rounded to bf16.
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <memory>
+#include <thread>
 
 #include <diffattn/cpu/forward.hpp>
 
@@ -207,6 +211,61 @@ TEST_CASE("cpu forward: results do not depend on the thread count without key sp
   REQUIRE(da::cpu::forward(pb, o2).ok());
   CHECK(same_bits(a.out, b.out));
   CHECK(same_bits(a.lse1, b.lse1));
+}
+
+TEST_CASE("cpu forward: concurrent callers run concurrently, each bitwise as alone") {
+  // Four threads call at once (2 threads each, pool workspaces), on different problems; every
+  // result equals the same call made alone.
+  std::vector<Shape> shapes;
+  for (int i = 0; i < 4; ++i) shapes.push_back(shape(70 + 40 * i, 90 + 30 * i, 2, 1, 32 << (i % 2), da::MaskKind::causal));
+  std::vector<std::unique_ptr<Problem<float>>> alone, together;
+  for (int i = 0; i < 4; ++i) {
+    alone.emplace_back(new Problem<float>(shapes[i], 30 + i));
+    together.emplace_back(new Problem<float>(shapes[i], 30 + i));
+    da::Params p = alone[i]->params();
+    da::cpu::Options o;
+    o.num_threads = 2;
+    REQUIRE(da::cpu::forward(p, o).ok());
+  }
+  std::vector<da::Status> st(4, da::Status::Internal("not run"));
+  std::vector<std::thread> th;
+  for (int i = 0; i < 4; ++i)
+    th.emplace_back([&, i] {
+      da::Params p = together[i]->params();
+      da::cpu::Options o;
+      o.num_threads = 2;
+      for (int rep = 0; rep < 3 && (rep == 0 || st[i].ok()); ++rep) st[i] = da::cpu::forward(p, o);
+    });
+  for (auto& t : th) t.join();
+  for (int i = 0; i < 4; ++i) {
+    INFO("caller " << i);
+    CHECK(st[i].ok());
+    CHECK(same_bits(alone[i]->out, together[i]->out));
+    CHECK(same_bits(alone[i]->lse1, together[i]->lse1));
+  }
+}
+
+TEST_CASE("cpu forward: a small call is not held up by a long one running in another thread") {
+  // Before, one mutex serialised whole calls: the small call waited for the long one to end.
+  Shape big = shape(2048, 2048, 4, 4, 64, da::MaskKind::none), small = shape(16, 16, 1, 1, 32, da::MaskKind::none);
+  Problem<float> a(big, 1), b(small, 2);
+  da::Params pa = a.params(), pb = b.params();
+  da::cpu::Options o;
+  o.num_threads = 1;
+  using clock = std::chrono::steady_clock;
+  std::atomic<bool> started{false};
+  clock::time_point a_end, b_end;
+  std::thread ta([&] {
+    started = true;
+    REQUIRE(da::cpu::forward(pa, o).ok());
+    a_end = clock::now();
+  });
+  while (!started) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(da::cpu::forward(pb, o).ok());
+  b_end = clock::now();
+  ta.join();
+  CHECK(b_end < a_end);
 }
 
 TEST_CASE("cpu forward: caller scratch") {

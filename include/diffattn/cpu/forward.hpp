@@ -21,8 +21,12 @@
 // (deterministic for a fixed thread count).
 //
 // Memory: per thread O(kBlockM * d) floats of scratch (about 0.6 MiB at d = 128), plus, when
-// keys are split, one state per split; no allocation per call once the pool's workspace has
+// keys are split, one state per split; no allocation per call once the pool's workspaces have
 // grown (or none at all with Options::scratch).
+//
+// Thread safety: cpu::forward may be called from several threads at once (one per request or
+// model replica); the calls run concurrently, sharing the pool's workers, each with its own
+// workspace, and each result is the same bits it would be alone.
 #pragma once
 
 #include <algorithm>
@@ -30,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -223,8 +228,9 @@ inline Status forward(const Params& p, const Options& o = {}) {
                            " bytes given, cpu::workspace_bytes() says " + std::to_string(pl.bytes()) +
                            " are needed");
   detail::ThreadPool& pool = detail::ThreadPool::instance();
-  auto lock = pool.lock();
-  void* ws = o.scratch != nullptr ? o.scratch : pool.workspace(pl.bytes());
+  std::unique_ptr<detail::PooledWorkspace> lent;  // concurrent calls each get their own
+  if (o.scratch == nullptr) lent.reset(new detail::PooledWorkspace(pool, pl.bytes()));
+  void* ws = o.scratch != nullptr ? o.scratch : lent->get();
   switch (p.dtype) {
     case DType::f16: detail::run_typed<half>(p, pl, kern, ws); break;
     case DType::bf16: detail::run_typed<bfloat16>(p, pl, kern, ws); break;

@@ -1,14 +1,24 @@
-// diffattn/cpu/detail/pool.hpp: a small persistent thread pool for the CPU kernels.
+// diffattn/cpu/detail/pool.hpp: a small persistent thread pool for the CPU kernels, shared by
+// concurrent callers.
 //
 // One process-wide pool (a function-local static) whose workers sleep on a condition variable
-// between calls; run(n, fn) calls fn(0) .. fn(n - 1) concurrently, fn(0) on the calling thread,
-// and returns when all have finished. Calls are serialised by a mutex that the caller holds
-// for the whole forward (lock()), which also guards the pool's workspace.
+// between jobs. run(n, fn) calls fn(0) .. fn(n - 1) concurrently and returns when all have
+// finished: fn(0) on the calling thread, fn(1) .. fn(n - 1) queued as tasks for the workers.
+// Several threads may call run() at once (an engine with a thread per request): their tasks
+// share the queue and the workers, and a caller that has finished fn(0) runs any of its own
+// tasks no worker has taken yet, so every call makes progress however busy the workers are.
+// The kernels hand out their work items through an atomic counter inside fn, so which thread
+// runs a task does not change any result.
+//
+// Workspaces: acquire(bytes) lends a 64-byte aligned buffer of at least `bytes` (reused from
+// earlier calls when one is free, allocated otherwise) and release() takes it back, so
+// concurrent calls never share one and a steady stream of calls allocates nothing.
 #pragma once
 
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -39,86 +49,141 @@ class ThreadPool {
     for (std::thread& t : workers_) t.join();
   }
 
-  /// Held by a forward call for its whole duration (pool and workspace belong to it).
-  std::unique_lock<std::mutex> lock() { return std::unique_lock<std::mutex>(call_m_); }
-
-  /// Calls fn(t) for t in [0, n), fn(0) on the calling thread. Requires lock() held.
+  /// Calls fn(t) for t in [0, n), fn(0) on the calling thread; returns when all have returned.
+  /// Safe to call from several threads at once.
   void run(int n, const std::function<void(int)>& fn) {
     if (n <= 1) {
       fn(0);
       return;
     }
-    grow(n - 1);
+    Job job{&fn, n - 1};
     {
       std::lock_guard<std::mutex> g(m_);
-      fn_ = &fn;
-      active_ = n - 1;
-      pending_ = n - 1;
-      ++generation_;
+      grow_locked(n - 1);
+      for (int t = 1; t < n; ++t) queue_.push_back({&job, t});
     }
     cv_.notify_all();
     fn(0);
+    // run our own tasks that no worker has started, then wait for the ones they have
+    for (;;) {
+      Task mine{nullptr, 0};
+      {
+        std::lock_guard<std::mutex> g(m_);
+        for (auto it = queue_.begin(); it != queue_.end(); ++it)
+          if (it->job == &job) {
+            mine = *it;
+            queue_.erase(it);
+            break;
+          }
+      }
+      if (mine.job == nullptr) break;
+      execute(mine);
+    }
     std::unique_lock<std::mutex> g(m_);
-    done_cv_.wait(g, [&] { return pending_ == 0; });
-    fn_ = nullptr;
+    done_cv_.wait(g, [&] { return job.pending == 0; });
   }
 
-  /// A 64-byte aligned workspace of at least `bytes`, kept between calls (grows only).
-  /// Requires lock() held.
-  void* workspace(std::size_t bytes) {
-    if (bytes > ws_bytes_) {
-      ws_.reset(new unsigned char[bytes + 64]);
-      ws_bytes_ = bytes;
+  /// Lends a 64-byte aligned workspace of at least `bytes`; give it back with release().
+  void* acquire(std::size_t bytes) {
+    std::unique_ptr<Buffer> b;
+    {
+      std::lock_guard<std::mutex> g(ws_m_);
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if ((*it)->bytes >= bytes) {
+          b = std::move(*it);
+          free_.erase(it);
+          break;
+        }
+      if (!b && !free_.empty()) {  // grow the largest free one rather than keep it too
+        b = std::move(free_.back());
+        free_.pop_back();
+      }
     }
-    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(ws_.get());
-    return ws_.get() + ((64 - a % 64) % 64);
+    if (!b) b.reset(new Buffer);
+    if (b->bytes < bytes) {
+      b->data.reset(new unsigned char[bytes + 64]);
+      b->bytes = bytes;
+    }
+    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(b->data.get());
+    void* p = b->data.get() + ((64 - a % 64) % 64);
+    std::lock_guard<std::mutex> g(ws_m_);
+    lent_.push_back(std::move(b));
+    return p;
+  }
+  /// Takes back a workspace lent by acquire().
+  void release(void* p) {
+    std::lock_guard<std::mutex> g(ws_m_);
+    for (auto it = lent_.begin(); it != lent_.end(); ++it) {
+      const std::uintptr_t a = reinterpret_cast<std::uintptr_t>((*it)->data.get());
+      if ((*it)->data.get() + ((64 - a % 64) % 64) == p) {
+        free_.push_back(std::move(*it));
+        lent_.erase(it);
+        return;
+      }
+    }
   }
 
  private:
+  struct Job {
+    const std::function<void(int)>* fn;
+    int pending;  ///< tasks not finished yet (guarded by m_)
+  };
+  struct Task {
+    Job* job;
+    int tid;
+  };
+  struct Buffer {
+    std::unique_ptr<unsigned char[]> data;
+    std::size_t bytes = 0;
+  };
+
   ThreadPool() = default;
 
-  void grow(int n) {
-    while (static_cast<int>(workers_.size()) < n) {
-      const int id = static_cast<int>(workers_.size()) + 1;
-      workers_.emplace_back([this, id] { loop(id); });
-    }
+  void grow_locked(int n) {
+    while (static_cast<int>(workers_.size()) < n) workers_.emplace_back([this] { loop(); });
   }
 
-  void loop(int id) {
-    std::uint64_t seen = 0;
-    {
-      std::lock_guard<std::mutex> g(m_);
-      seen = generation_;  // a worker created for this call must still take part in it
-      if (fn_ != nullptr) --seen;
-    }
+  void execute(const Task& t) {
+    (*t.job->fn)(t.tid);
+    std::lock_guard<std::mutex> g(m_);
+    if (--t.job->pending == 0) done_cv_.notify_all();
+  }
+
+  void loop() {
     for (;;) {
-      const std::function<void(int)>* fn;
+      Task t{nullptr, 0};
       {
         std::unique_lock<std::mutex> g(m_);
-        cv_.wait(g, [&] { return stop_ || generation_ != seen; });
+        cv_.wait(g, [&] { return stop_ || !queue_.empty(); });
         if (stop_) return;
-        seen = generation_;
-        if (id > active_) continue;
-        fn = fn_;
+        t = queue_.front();
+        queue_.pop_front();
       }
-      (*fn)(id);
-      {
-        std::lock_guard<std::mutex> g(m_);
-        if (--pending_ == 0) done_cv_.notify_one();
-      }
+      execute(t);
     }
   }
 
-  std::mutex call_m_;
   std::mutex m_;
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
-  const std::function<void(int)>* fn_ = nullptr;
-  int active_ = 0, pending_ = 0;
-  std::uint64_t generation_ = 0;
+  std::deque<Task> queue_;
   bool stop_ = false;
-  std::unique_ptr<unsigned char[]> ws_;
-  std::size_t ws_bytes_ = 0;
+  std::mutex ws_m_;
+  std::vector<std::unique_ptr<Buffer>> free_, lent_;
+};
+
+/// A workspace lent by the pool for the duration of one call (RAII).
+class PooledWorkspace {
+ public:
+  PooledWorkspace(ThreadPool& pool, std::size_t bytes) : pool_(pool), p_(pool.acquire(bytes)) {}
+  ~PooledWorkspace() { pool_.release(p_); }
+  PooledWorkspace(const PooledWorkspace&) = delete;
+  PooledWorkspace& operator=(const PooledWorkspace&) = delete;
+  void* get() const { return p_; }
+
+ private:
+  ThreadPool& pool_;
+  void* p_;
 };
 
 }  // namespace detail
