@@ -34,7 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cmath>
-#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -228,8 +228,8 @@ inline Status forward(const Params& p, const Options& o = {}) {
                            " bytes given, cpu::workspace_bytes() says " + std::to_string(pl.bytes()) +
                            " are needed");
   detail::ThreadPool& pool = detail::ThreadPool::instance();
-  std::unique_ptr<detail::PooledWorkspace> lent;  // concurrent calls each get their own
-  if (o.scratch == nullptr) lent.reset(new detail::PooledWorkspace(pool, pl.bytes()));
+  std::optional<detail::PooledWorkspace> lent;  // concurrent calls each get their own
+  if (o.scratch == nullptr) lent.emplace(pool, pl.bytes());
   void* ws = o.scratch != nullptr ? o.scratch : lent->get();
   switch (p.dtype) {
     case DType::f16: detail::run_typed<half>(p, pl, kern, ws); break;

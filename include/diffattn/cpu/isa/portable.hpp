@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "diffattn/core/config.hpp"
 #include "diffattn/core/dtype.hpp"
