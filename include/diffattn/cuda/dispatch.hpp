@@ -21,6 +21,15 @@
   X(f16, 32) X(f16, 64) X(f16, 96) X(f16, 128) X(bf16, 32) X(bf16, 64) X(bf16, 96) X(bf16, 128)
 #endif
 
+/// Tuning variants: candidate configurations beside the shipped ones, built only into the GPU
+/// benchmark (CMake option DIFFATTN_CUDA_TUNING) and the SASS model, so that one run on a GPU
+/// picks the shipped choice per head dim by measurement. X(fmt, d, BlockM, BlockN, SinglePass)
+/// spells ForwardTraits<simt::fmt16::fmt, d, BlockM, BlockN, SinglePass>.
+#ifndef DIFFATTN_CUDA_FORWARD_VARIANTS
+#define DIFFATTN_CUDA_FORWARD_VARIANTS(X) \
+  X(bf16, 64, 64, 64, false) X(bf16, 128, 64, 32, false)
+#endif
+
 DIFFATTN_NAMESPACE_BEGIN
 namespace cuda {
 

@@ -35,6 +35,15 @@ constexpr int default_block_n(int head_dim) {
   return head_dim <= 32 ? 32 : (head_dim <= 64 ? 16 : (head_dim <= 96 ? 32 : 16));
 }
 
+/// What one warp must execute per key tile of one key-tile loop, from the kernel's arithmetic:
+/// tensor-core mma.sync (m16n8k16), ldmatrix.x4, and ex2 (MUFU) warp instructions. The SASS
+/// model (bench/cuda/sass_model.py) counts the same three in the machine code of each loop's
+/// steady-state path, and its ctest (label cuda-model) fails when they differ.
+struct LoopCounts {
+  int keys;  ///< keys per tile of this loop
+  int hmma, ldsm, mufu;
+};
+
 /// Configuration of the fused forward.
 ///
 /// @tparam F        16-bit input format (simt::fmt16::f16 or bf16); math is fp32.
@@ -98,6 +107,22 @@ struct ForwardTraits {
   static constexpr int kPVSteps = kBlockN / 16;    // k16 steps of P V
   static constexpr int kOTiles = kValueDim / 8;    // n8 tiles of the accumulator (16, dv)
   static_assert(kOTiles % 2 == 0, "V fragments are loaded in pairs of n8 tiles");
+
+  // ---- per-tile instruction counts of each key-tile loop (see LoopCounts) --------------------
+  // Q K^T of one component: kQKSteps x kSTiles mma; ldmatrix: per k-step one Q fragment and
+  // kSTiles / 2 K fragment pairs. P V: kPVSteps x kOTiles mma, kOTiles / 2 V fragment pairs per
+  // k-step. exp2: 4 kSTiles scores per thread and component, plus 2 rescale factors (one per row)
+  // in an online step.
+  static constexpr int kQKHmma = kQKSteps * kSTiles;
+  static constexpr int kQKLdsm = kQKSteps * (1 + kSTiles / 2);
+  static constexpr int kPVHmma = kPVSteps * kOTiles;
+  static constexpr int kPVLdsm = kPVSteps * (kOTiles / 2);
+  static constexpr int kLoops = SinglePass ? 1 : 2;  ///< key-tile loops, in program order
+  static constexpr LoopCounts loop_counts(int loop) {
+    return SinglePass ? LoopCounts{kBlockN, 2 * kQKHmma + 2 * kPVHmma, 2 * kQKLdsm + 2 * kPVLdsm, 2 * (4 * kSTiles + 2)}
+           : loop == 0 ? LoopCounts{kBlockN, 2 * kQKHmma, 2 * kQKLdsm, 2 * (4 * kSTiles + 2)}
+                       : LoopCounts{kBlockN, 2 * kQKHmma + kPVHmma, 2 * kQKLdsm + kPVLdsm, 2 * 4 * kSTiles};
+  }
 };
 
 }  // namespace cuda
