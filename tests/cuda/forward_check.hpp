@@ -84,6 +84,10 @@ void check_forward_suite(const std::function<da::Status(const da::Params&)>& run
   check_forward_case<Traits>(w, 9, false, run, st);
   w.wl = 7; w.wr = -1; w.lambda_init = -0.8;
   check_forward_case<Traits>(w, 10, false, run, st);
+  // |lambda| past f16's largest finite value (65504): the two-pass form's 16-bit
+  // P = P_1 - lambda P_2 would overflow unless scaled (it is divided by a power of two >= |lambda|); the RMS norm keeps the output in range
+  w.mask = da::MaskKind::none; w.wl = -1; w.wr = -1; w.lambda_init = 0.2; w.lambda_dot1 = 20;  // lambda ~ 4.9e8
+  check_forward_case<Traits>(w, 11, false, run, st);
 }
 
 }  // namespace dt

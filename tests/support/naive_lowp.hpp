@@ -36,6 +36,9 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
         dot2 += pr.lq2[lo + x] * pr.lk2[lo + x];
       }
       const float lambda = std::exp(dot1) - std::exp(dot2) + float(s.lambda_init);
+      int lexp = 0;
+      if (std::fabs(lambda) > 1.f) std::frexp(lambda, &lexp);
+      const float ls = std::ldexp(1.f, lexp);
       for (i64 i = 0; i < N; ++i) {
         std::vector<float> p(S, 0.f), pc[2] = {std::vector<float>(S, 0.f), std::vector<float>(S, 0.f)};
         for (int c = 0; c < 2; ++c) {
@@ -65,7 +68,9 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
               for (i64 x = 0; x < dv; ++x) o[c][x] += pj * float(pr.v_at(b, j, g, x));
             }
           } else {
-            const float pj = float(from_double<Elem>(p[j]));  // rounded as the kernel's mma input
+            // rounded as the kernel's mma input: P / L with L = 2^e >= max(1, |lambda|), so that
+            // the 16-bit P cannot overflow, then times L (exact)
+            const float pj = float(from_double<Elem>(p[j] / ls)) * ls;
             for (i64 x = 0; x < dv; ++x) a[x] += pj * float(pr.v_at(b, j, g, x));
           }
         }

@@ -30,14 +30,17 @@ struct Shape {
   da::NormKind norm = da::NormKind::rms;
   bool gamma = true, beta = false, per_head = false;
   double lambda_init = 0.2;
+  /// nonzero: lq1 = lk1 = sqrt(lambda_dot1 / d) everywhere, so that lambda = e^lambda_dot1 - ...
+  /// (a large lambda with a representable output, unlike a large lambda_init)
+  double lambda_dot1 = 0;
   std::string str() const {
     char buf[256];
     std::snprintf(buf, sizeof buf,
                   "B=%lld N=%lld S=%lld H=%lld Hkv=%lld d=%lld mask=%d(%lld,%lld) norm=%d gamma=%d "
-                  "beta=%d per_head=%d",
+                  "beta=%d per_head=%d lambda_init=%g lambda_dot1=%g",
                   (long long)B, (long long)N, (long long)S, (long long)H, (long long)Hkv,
                   (long long)d, int(mask), (long long)wl, (long long)wr, int(norm), int(gamma),
-                  int(beta), int(per_head));
+                  int(beta), int(per_head), lambda_init, lambda_dot1);
     return buf;
   }
 };
@@ -94,6 +97,10 @@ struct Problem {
     fill(dout, B * N * H * 2 * d, 1.0);
     const std::size_t nl = (s.per_head ? H : 1) * d;
     fill(lq1, nl, 0.1); fill(lk1, nl, 0.1); fill(lq2, nl, 0.1); fill(lk2, nl, 0.1);
+    if (s.lambda_dot1 != 0) {
+      const P c = P(std::sqrt(s.lambda_dot1 / double(d)));
+      for (auto* t : {&lq1, &lk1}) t->assign(nl, c);
+    }
     fill(gamma, 2 * d, 0.5);
     for (auto& g : gamma) g = g + P(1);
     fill(beta, 2 * d, 0.5);

@@ -6,7 +6,7 @@
 // (nothing is launched or written on error), dispatches to a shipped configuration and
 // launches on `stream`; returns the launch status (asynchronous: errors inside the kernel
 // surface at the next synchronisation). forward_config<Traits>() is the per-configuration entry
-// for users who instantiate their own ForwardTraits.
+// for users who instantiate their own ForwardTraits (validated the same way).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,9 +21,10 @@
 DIFFATTN_NAMESPACE_BEGIN
 namespace cuda {
 
-/// Launches one configuration; params must already be valid for it (no validation here).
+namespace detail {
+/// Launches one configuration; params must already be valid for it.
 template <class Traits>
-Status forward_config(const Params& p, cudaStream_t stream) {
+Status launch_forward(const Params& p, cudaStream_t stream) {
   const simt::dim3 grid(static_cast<unsigned>((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),
                         static_cast<unsigned>(p.batch * p.heads));
   const cudaError_t e = simt::launch_device(grid, simt::dim3(Traits::kThreads), Traits::kSmemBytes, stream,
@@ -31,11 +32,28 @@ Status forward_config(const Params& p, cudaStream_t stream) {
   if (e != cudaSuccess) return Status::Internal(std::string("cuda forward launch: ") + cudaGetErrorString(e));
   return Status::Ok();
 }
+}  // namespace detail
+
+/// One configuration (a user's own ForwardTraits, or a tuning variant): validates like forward()
+/// (16-byte aligned bases and strides, which cp.async and the 4-byte output stores need), checks
+/// that the params' dtype and head dim are the configuration's, then launches on `stream`.
+template <class Traits>
+Status forward_config(const Params& p, cudaStream_t stream) {
+  BackendCaps c = caps();
+  c.head_dims[0] = Traits::kHeadDim;
+  for (int i = 1; i < 8; ++i) c.head_dims[i] = 0;
+  c.dtype_mask = 1u << static_cast<int>(Traits::kDType);
+  Status s = validate(p, c);
+  if (!s.ok()) return s;
+  s = check_forward_support(p, Traits::kBlockM, Traits::kSinglePass);
+  if (!s.ok()) return s;
+  return detail::launch_forward<Traits>(p, stream);
+}
 
 /// The CUDA forward: validate, dispatch, launch on `stream`.
 inline Status forward(const Params& p, cudaStream_t stream = nullptr) {
   return validate_and_dispatch(p, caps(), [&](auto traits) {
-    return forward_config<decltype(traits)>(p, stream);
+    return detail::launch_forward<decltype(traits)>(p, stream);
   });
 }
 

@@ -44,20 +44,29 @@ struct LoopCounts {
   int hmma, ldsm, mufu;
 };
 
+/// Keys per tile of pass 1 of the two-pass form. Pass 1 keeps Q_1 and Q_2 in registers (no
+/// accumulator is live there: 64 registers at d = 128), so its shared reads are K alone, the same
+/// per key at any tile size; larger tiles only spread the per-tile fixed work (barrier, wait,
+/// loop) over more keys. 32 keys keeps the pass-1 K buffers (2 stages x 2 components) within the
+/// pass-2 K and V buffers they share at d = 128: 69 KiB per block, three blocks per sm_90 SM and
+/// two per sm_80 SM; 64 keys would need 102 KiB, one block per sm_80 SM.
+constexpr int default_block_n1(int head_dim) { return head_dim <= 128 ? 32 : 16; }
+
 /// Configuration of the fused forward.
 ///
 /// @tparam F        16-bit input format (simt::fmt16::f16 or bf16); math is fp32.
 /// @tparam HeadDim  d, the head dim of each Q/K component; V and out have 2d. Multiple of 16.
 /// @tparam BlockM   query rows per block: 16 per warp. Default 64 (4 warps).
-/// @tparam BlockN   keys per tile. Default default_block_n(d).
+/// @tparam BlockN   keys per tile (of pass 2 in the two-pass form). Default default_block_n(d).
 /// @tparam SinglePass  the form of DESIGN.md. true: one stream of K1, K2, V tiles, two online
 ///   softmaxes and two accumulators P_1 V, P_2 V combined with lambda in the epilogue (also
 ///   yields O_2 for the backward). false: pass 1 streams K1, K2 for the row max and sum of both
 ///   softmaxes; pass 2 streams K1, K2, V again and accumulates (P_1 - lambda P_2) V into ONE
 ///   accumulator (half the registers; K read twice, four exponentials per score pair; no O_2).
 ///   Default default_single_pass(d).
+/// @tparam BlockN1  keys per tile of pass 1 (two-pass form only). Default default_block_n1(d).
 template <simt::fmt16 F, int HeadDim, int BlockM = 64, int BlockN = default_block_n(HeadDim),
-          bool SinglePass = default_single_pass(HeadDim)>
+          bool SinglePass = default_single_pass(HeadDim), int BlockN1 = default_block_n1(HeadDim)>
 struct ForwardTraits {
   static constexpr bool kSinglePass = SinglePass;
   static constexpr simt::fmt16 kFmt = F;
@@ -68,6 +77,7 @@ struct ForwardTraits {
   static constexpr int kValueDim = 2 * HeadDim;   // dv
   static constexpr int kBlockM = BlockM;
   static constexpr int kBlockN = BlockN;
+  static constexpr int kBlockN1 = SinglePass ? BlockN : BlockN1;
   static constexpr int kWarps = BlockM / 16;
   static constexpr int kThreads = kWarps * 32;
 
@@ -75,11 +85,12 @@ struct ForwardTraits {
   static_assert(HeadDim >= 16 && HeadDim <= 256, "head dim must be in [16, 256]");
   static_assert(BlockM % 16 == 0 && BlockM >= 16 && BlockM <= 256,
                 "BlockM must be 16 rows per warp, 1 to 16 warps");
-  static_assert(BlockN % 16 == 0 && BlockN >= 16,
-                "BlockN must be a multiple of 16 (the P V k-step, and K fragments come in pairs)");
+  static_assert(BlockN % 16 == 0 && BlockN >= 16 && kBlockN1 % 16 == 0 && kBlockN1 >= 16,
+                "BlockN and BlockN1 must be multiples of 16 (the P V k-step, and K fragments come in pairs)");
 
   // One 16-byte cp.async moves 8 elements; rows are padded by 8 elements (16 bytes) so that the
-  // 8 row addresses of one ldmatrix 8x8 fall in 8 different 16-byte bank groups.
+  // 8 row addresses of one ldmatrix 8x8 fall in 8 different 16-byte bank groups (row strides of
+  // 144, 272, 528 bytes are 16 mod 128: conflict-free, per the SASS reading).
   static constexpr int kElemsPerChunk = 8;
   static constexpr int kPad = 8;
   static constexpr int kQStride = kHeadDim + kPad;   // elements per shared row of Q1/Q2/K1/K2
@@ -89,38 +100,46 @@ struct ForwardTraits {
                 "shared rows must stay 16-byte aligned for cp.async and ldmatrix");
 
   static constexpr int kStages = 2;  // double-buffered K/V tiles
-  // shared memory layout (elements of 2 bytes): Q1 | Q2 | K[stage][comp] | V[stage]
+  // shared memory (elements of 2 bytes): Q1 | Q2 | then either pass 2 / the single pass:
+  // K[stage][comp] | V[stage], or, over the same bytes, pass 1: K[stage][comp] of BlockN1 rows
   static constexpr int kQTileElems = kBlockM * kQStride;
   static constexpr int kKTileElems = kBlockN * kQStride;
+  static constexpr int kK1TileElems = kBlockN1 * kQStride;
   static constexpr int kVTileElems = kBlockN * kVStride;
   static constexpr int kOffQ1 = 0;
   static constexpr int kOffQ2 = kQTileElems;
   static constexpr int kOffK = 2 * kQTileElems;
   static constexpr int kOffV = kOffK + kStages * 2 * kKTileElems;
-  static constexpr int kSmemElems = kOffV + kStages * kVTileElems;
+  static constexpr int kMainElems = kStages * 2 * kKTileElems + kStages * kVTileElems;
+  static constexpr int kPass1Elems = SinglePass ? 0 : kStages * 2 * kK1TileElems;
+  static constexpr int kSmemElems = kOffK + (kMainElems > kPass1Elems ? kMainElems : kPass1Elems);
   static constexpr int kSmemBytes = kSmemElems * 2;
   static_assert(kSmemBytes <= 163 * 1024, "shared memory exceeds sm_80's 163 KiB: shrink BlockN");
 
   // fragment counts per warp
   static constexpr int kSTiles = kBlockN / 8;      // n8 tiles of one S row block (16, BlockN)
+  static constexpr int kSTiles1 = kBlockN1 / 8;    // the same in pass 1
   static constexpr int kQKSteps = kHeadDim / 16;   // k16 steps of Q K^T
   static constexpr int kPVSteps = kBlockN / 16;    // k16 steps of P V
   static constexpr int kOTiles = kValueDim / 8;    // n8 tiles of the accumulator (16, dv)
   static_assert(kOTiles % 2 == 0, "V fragments are loaded in pairs of n8 tiles");
 
   // ---- per-tile instruction counts of each key-tile loop (see LoopCounts) --------------------
-  // Q K^T of one component: kQKSteps x kSTiles mma; ldmatrix: per k-step one Q fragment and
-  // kSTiles / 2 K fragment pairs. P V: kPVSteps x kOTiles mma, kOTiles / 2 V fragment pairs per
-  // k-step. exp2: 4 kSTiles scores per thread and component, plus 2 rescale factors (one per row)
-  // in an online step.
+  // Q K^T of one component: kQKSteps x kSTiles mma; ldmatrix: per k-step one Q fragment (none in
+  // pass 1, where Q stays in registers) and kSTiles / 2 K fragment pairs. P V: kPVSteps x kOTiles
+  // mma and kOTiles / 2 V fragment pairs per k-step, loaded once for both products in the single
+  // pass. exp2: 4 kSTiles scores per thread and component; pass 1 adds 2 rescale factors per
+  // component and tile (lane-local maxima move often); the single pass rescales lazily, in a
+  // branch off the steady-state path.
   static constexpr int kQKHmma = kQKSteps * kSTiles;
   static constexpr int kQKLdsm = kQKSteps * (1 + kSTiles / 2);
   static constexpr int kPVHmma = kPVSteps * kOTiles;
   static constexpr int kPVLdsm = kPVSteps * (kOTiles / 2);
   static constexpr int kLoops = SinglePass ? 1 : 2;  ///< key-tile loops, in program order
   static constexpr LoopCounts loop_counts(int loop) {
-    return SinglePass ? LoopCounts{kBlockN, 2 * kQKHmma + 2 * kPVHmma, 2 * kQKLdsm + 2 * kPVLdsm, 2 * (4 * kSTiles + 2)}
-           : loop == 0 ? LoopCounts{kBlockN, 2 * kQKHmma, 2 * kQKLdsm, 2 * (4 * kSTiles + 2)}
+    return SinglePass ? LoopCounts{kBlockN, 2 * kQKHmma + 2 * kPVHmma, 2 * kQKLdsm + kPVLdsm, 2 * 4 * kSTiles}
+           : loop == 0 ? LoopCounts{kBlockN1, 2 * kQKSteps * kSTiles1, 2 * kQKSteps * (kSTiles1 / 2),
+                                    2 * (4 * kSTiles1 + 2)}
                        : LoopCounts{kBlockN, 2 * kQKHmma + kPVHmma, 2 * kQKLdsm + kPVLdsm, 2 * 4 * kSTiles};
   }
 };

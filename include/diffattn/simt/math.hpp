@@ -12,6 +12,7 @@
 #include "diffattn/simt/config.hpp"
 #if DIFFATTN_SIMT_EMULATED
 #include "diffattn/core/dtype.hpp"
+#include "diffattn/simt/emu/runtime.hpp"
 #endif
 
 DIFFATTN_NAMESPACE_BEGIN
@@ -105,6 +106,21 @@ DIFFATTN_DEVICE void unpack2(std::uint32_t w, float& lo, float& hi) {
 /// Packs two 16-bit patterns (lo = element of lower index).
 DIFFATTN_HD constexpr std::uint32_t pack_bits2(std::uint16_t lo, std::uint16_t hi) {
   return std::uint32_t{lo} | (std::uint32_t{hi} << 16);
+}
+
+/// Stores 32 bits (e.g. a pack2 of two 16-bit outputs) at a 4-byte aligned global address
+/// (st.global.b32): no reinterpret_cast of 16-bit storage to uint32_t, so no aliasing question.
+DIFFATTN_DEVICE void store_global_b32(void* p, std::uint32_t v) {
+#if DIFFATTN_DEVICE_PASS
+  asm volatile("st.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+#elif DIFFATTN_SIMT_EMULATED
+  if (reinterpret_cast<std::uintptr_t>(p) % 4 != 0)
+    throw emu::detail::KernelFault{emu::Fault::bad_argument, "st.global.b32 address is not 4-byte aligned"};
+  std::memcpy(p, &v, 4);
+#else
+  (void)p, (void)v;
+  DIFFATTN_SIMT_HOST_PASS_STUB();
+#endif
 }
 
 }  // namespace simt

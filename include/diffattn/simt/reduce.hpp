@@ -19,10 +19,11 @@ struct op_sum {
   template <class T>
   DIFFATTN_HD T operator()(T a, T b) const { return a + b; }
 };
-/// The larger of a and b (b when a is NaN: use for finite data).
+/// The larger of a and b; a NaN operand is dropped (the other is returned), as fmaxf does, so
+/// that a reduction that mixes op_max and fmaxf gives every lane the same result.
 struct op_max {
   template <class T>
-  DIFFATTN_HD T operator()(T a, T b) const { return a > b ? a : b; }
+  DIFFATTN_HD T operator()(T a, T b) const { return (a > b || b != b) ? a : b; }
 };
 
 /// All-reduce over each group of kLanes consecutive lanes (kLanes a power of two <= 32) by an

@@ -76,6 +76,23 @@ inline std::uint32_t emu_shfl(std::uint32_t mode, std::uint32_t mask, std::uint3
 }
 #endif
 
+#if DIFFATTN_SIMT_EMULATED
+/// vote.sync.any: whether any lane of `mask` passed a nonzero predicate.
+inline bool emu_any(std::uint32_t mask, bool pred) {
+  auto& f = emu::detail::current("any_sync");
+  const std::uint32_t in[1] = {pred ? 1u : 0u};
+  const std::uint32_t* out = f.blk->collective(
+      &f, emu::detail::op_vote, mask, 0, in, 1, [mask](emu::detail::WarpSlot& w, std::uint32_t) {
+        std::uint32_t any = 0;
+        for (int l = 0; l < 32; ++l)
+          if (mask >> l & 1u) any |= w.in[l][0];
+        for (int l = 0; l < 32; ++l)
+          if (mask >> l & 1u) w.out[l][0] = any;
+      });
+  return out[0] != 0;
+}
+#endif
+
 template <class T>
 DIFFATTN_DEVICE T shfl_impl(std::uint32_t mode, std::uint32_t mask, T v, int arg, int width) {
   static_assert(sizeof(T) == 4 || sizeof(T) == 8, "shuffle 4- or 8-byte values");
@@ -124,6 +141,20 @@ DIFFATTN_DEVICE T shfl_down_sync(std::uint32_t mask, T v, unsigned delta, int wi
 template <class T>
 DIFFATTN_DEVICE T shfl_up_sync(std::uint32_t mask, T v, unsigned delta, int width = kWarpSize) {
   return detail::shfl_impl<T>(1, mask, v, static_cast<int>(delta), width);
+}
+
+/// __any_sync (vote.sync.any.pred): true on every lane of `mask` when `pred` holds on any of
+/// them. All lanes of `mask` must call it (a warp-uniform branch condition).
+DIFFATTN_DEVICE bool any_sync(std::uint32_t mask, bool pred) {
+#if DIFFATTN_DEVICE_PASS
+  return __any_sync(mask, pred) != 0;
+#elif DIFFATTN_SIMT_EMULATED
+  return detail::emu_any(mask, pred);
+#else
+  (void)mask, (void)pred;
+  DIFFATTN_SIMT_HOST_PASS_STUB();
+  return false;
+#endif
 }
 
 }  // namespace simt

@@ -226,7 +226,7 @@ struct Fiber {
   std::uint64_t committed = 0;      // commit_group calls so far
 };
 
-enum Op : std::uint32_t { op_none = 0, op_syncwarp, op_shfl, op_ldmatrix, op_mma };
+enum Op : std::uint32_t { op_none = 0, op_syncwarp, op_shfl, op_ldmatrix, op_mma, op_vote };
 
 /// Shuffle modes (as PTX shfl.sync).
 enum ShflMode : std::uint32_t { shfl_idx = 0, shfl_up = 1, shfl_down = 2, shfl_bfly = 3 };
@@ -253,6 +253,7 @@ inline std::string op_desc(std::uint32_t op, std::uint32_t param) {
     case op_ldmatrix:
       return "ldmatrix.x" + std::to_string(param & 7) + ((param & 8) ? ".trans" : "");
     case op_mma: return std::string("mma.m16n8k16.") + ((param == 1) ? "bf16" : "f16");
+    case op_vote: return "vote.sync.any";
     default: return "nothing";
   }
 }

@@ -1,0 +1,142 @@
+// diffattn/cuda/detail/tile_loader.hpp: the tile-streaming pipeline of the CUDA kernels.
+//
+//   TileLoader<kThreads, kRows, kCols, kSmemStride> k(first_tile, row_stride, tid);
+//   stream_key_tiles(nb_begin, nb_end,
+//                    [&](int stage, int nb) { k.load(buffer(stage), valid_rows(nb)); },
+//                    [&](int stage, int nb) { ...compute on buffer(stage)... });
+//
+// Device components (they take the thread's rank and their shared buffers as arguments): the
+// forward kernel is built from them, and the backward, decode and Hopper kernels will be.
+#pragma once
+
+#include <cstdint>
+
+#include "diffattn/core/config.hpp"
+#include "diffattn/simt/cp_async.hpp"
+#include "diffattn/simt/smem.hpp"
+#include "diffattn/simt/thread.hpp"
+
+DIFFATTN_NAMESPACE_BEGIN
+namespace cuda {
+namespace detail {
+
+/// Copies consecutive (kRows, kCols) tiles of 16-bit elements (global row stride `gstride`
+/// elements, 16-byte aligned) into shared tiles of row stride kSmemStride with 16-byte cp.async;
+/// all kThreads threads of the block call load() with the same arguments.
+///
+/// Each thread's share of a tile is fixed: when kThreads is a multiple of the chunks per row, a
+/// thread copies one column of chunks, rows kRowStep apart. Its global pointer, row step and
+/// shared offset are set once and the pointer moves on by one tile per load(), so that a chunk
+/// costs one 64-bit add and one LDGSTS, and a tile needs no trip-count code (SASS model: the
+/// per-chunk address code recomputed every tile was 184 of 641 instructions of the d = 64 key
+/// tile and 286 of 562 of the d = 128 pass 2, reading of commit 4d89025). Only a ragged tile
+/// (fewer than kRows rows left) takes the zero-filling path.
+template <int kThreads, int kRows, int kCols, int kSmemStride>
+class TileLoader {
+ public:
+  static constexpr int kChunksPerRow = kCols / 8;
+  static_assert(kCols % 8 == 0, "tiles move in 16-byte chunks of 8 elements");
+  static_assert((kSmemStride * 2) % 16 == 0, "shared rows must be 16-byte aligned");
+  /// one column of chunks per thread (the fast form) when the threads tile whole rows
+  static constexpr bool kColumnwise = kThreads % kChunksPerRow == 0;
+  static constexpr int kRowStep = kColumnwise ? kThreads / kChunksPerRow : 0;
+  static constexpr int kChunks = kRows * kChunksPerRow;
+  static constexpr int kPerThread =
+      kColumnwise ? (kRows + kRowStep - 1) / kRowStep : (kChunks + kThreads - 1) / kThreads;
+
+  /// `first_tile`: row 0 of the first tile load() copies; `gstride`: elements between rows.
+  DIFFATTN_DEVICE TileLoader(const std::uint16_t* first_tile, std::int64_t gstride, unsigned tid)
+      : gstride_(gstride), tid_(static_cast<int>(tid)) {
+    if constexpr (kColumnwise) {
+      row_ = tid_ / kChunksPerRow;
+      const int col = (tid_ % kChunksPerRow) * 8;
+      soff_ = row_ * kSmemStride + col;
+      src_ = first_tile + row_ * gstride + col;
+    } else {
+      src_ = first_tile;
+    }
+  }
+
+  /// Moves on by `tiles` tiles without copying (to the first visible tile of a masked row block).
+  DIFFATTN_DEVICE void skip(int tiles) { src_ += static_cast<std::int64_t>(tiles) * kRows * gstride_; }
+
+  /// Issues this thread's copies of the next tile into `dst` (rows at or past `valid_rows` are
+  /// zero-filled) and moves on to the tile after it. Does not commit.
+  DIFFATTN_DEVICE void load(simt::smem_ptr<std::uint16_t> dst, std::int64_t valid_rows) {
+    if (valid_rows >= kRows) {
+      copy<false>(dst, kRows);
+    } else {
+      copy<true>(dst, valid_rows);
+    }
+  }
+
+ private:
+  template <bool kRagged>
+  DIFFATTN_DEVICE void copy(simt::smem_ptr<std::uint16_t> dst, std::int64_t valid_rows) {
+    if constexpr (kColumnwise) {
+      const std::uint16_t* p = src_;
+      DIFFATTN_UNROLL
+      for (int i = 0; i < kPerThread; ++i) {
+        const int r = row_ + i * kRowStep;
+        if (kRows % kRowStep == 0 || r < kRows) {
+          const simt::smem_ptr<std::uint16_t> d = dst + (soff_ + i * kRowStep * kSmemStride);
+          if constexpr (kRagged) {
+            const bool ok = r < valid_rows;  // else: zero-fill, nothing read (row 0 as a valid address)
+            simt::cp_async_16_zfill(d, ok ? p : src_ - static_cast<std::int64_t>(row_) * gstride_, ok ? 16 : 0);
+          } else {
+            simt::cp_async_16(d, p);
+          }
+        }
+        p += kRowStep * gstride_;
+      }
+      src_ += kRows * gstride_;
+    } else {
+      // general form (chunks per row not dividing the threads, e.g. d = 96): positions per chunk
+      DIFFATTN_UNROLL
+      for (int i = 0; i < kPerThread; ++i) {
+        const int c = tid_ + i * kThreads;
+        if (kChunks % kThreads == 0 || c < kChunks) {
+          const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+          const simt::smem_ptr<std::uint16_t> d = dst + (r * kSmemStride + col);
+          const bool ok = !kRagged || r < valid_rows;
+          simt::cp_async_16_zfill(d, ok ? src_ + r * gstride_ + col : src_, ok ? 16 : 0);
+        }
+      }
+      src_ += kRows * gstride_;
+    }
+  }
+
+  const std::uint16_t* src_;  // columnwise: this thread's first chunk of the next tile; else row 0
+  std::int64_t gstride_;
+  int tid_;
+  int row_ = 0;   // columnwise: the row of this thread's first chunk in a tile
+  int soff_ = 0;  // columnwise: its shared offset in elements
+};
+
+/// The key-tile loop: tiles [nb_begin, nb_end) through two shared buffers (stages), one barrier
+/// per tile. load(stage, nb) issues tile nb's copies into buffer `stage` (no commit); body(stage,
+/// nb) computes on it while tile nb + 1 is in flight. Copies issued before the call (Q) join the
+/// first group. A caller that reuses the buffers after the loop must synchronise the block first.
+///
+/// Why one barrier is enough: the barrier of iteration nb follows every warp's body(nb - 1), which
+/// was the last reader of the buffer the prefetch of tile nb + 1 then refills; and it follows
+/// every thread's wait for its own copies of tile nb (two barriers per tile cost 1024 barriers per
+/// block at d = 64 in the first kernel).
+template <class Load, class Body>
+DIFFATTN_DEVICE void stream_key_tiles(int nb_begin, int nb_end, Load&& load, Body&& body) {
+  if (nb_begin < nb_end) load(0, nb_begin);
+  simt::cp_async_commit();
+  for (int nb = nb_begin; nb < nb_end; ++nb) {
+    const int stage = (nb - nb_begin) & 1;
+    simt::cp_async_wait<0>();  // this thread's copies of tile nb have landed
+    simt::syncthreads();       // everyone's have, and every warp is done with tile nb - 1
+    if (nb + 1 < nb_end) load(stage ^ 1, nb + 1);
+    simt::cp_async_commit();
+    body(stage, nb);
+  }
+  simt::cp_async_wait<0>();  // the last group is empty: nothing in flight at return
+}
+
+}  // namespace detail
+}  // namespace cuda
+DIFFATTN_NAMESPACE_END
