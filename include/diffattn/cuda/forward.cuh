@@ -45,8 +45,8 @@ Status forward_config(const Params& p, cudaStream_t stream) {
   c.dtype_mask = 1u << static_cast<int>(Traits::kDType);
   Status s = validate(p, c);
   if (!s.ok()) return s;
-  s = check_forward_support(p, Traits::kBlockM, Traits::kSinglePass);
-  if (!s.ok()) return s;
+  Status sup = check_forward_support(p, Traits::kBlockM, Traits::kSinglePass);
+  if (!sup.ok()) return sup;
   return detail::launch_forward<Traits>(p, stream);
 }
 
