@@ -13,6 +13,7 @@
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -30,12 +31,29 @@ inline bool have_gpu() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+/// The host values of fill_device(n, seed, scale), generated once and kept (one set per element
+/// type and seed, the latest n and scale): Google Benchmark calls a run's body several times
+/// (growing iteration counts) and every run of a head dim asks for the same ~67M values per
+/// tensor, whose generation took seconds per call. The values are those of a fresh generation.
+template <class Elem>
+const std::vector<Elem>& host_values(std::size_t n, std::uint64_t seed, float scale) {
+  struct Values { std::size_t n = 0; float scale = 0; std::vector<Elem> v; };
+  static std::map<std::uint64_t, Values> kept;
+  Values& k = kept[seed];
+  if (k.v.size() != n || k.n != n || k.scale != scale) {
+    k.v.assign(n, Elem(0.f));
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> nd(0.f, scale);
+    for (auto& x : k.v) x = Elem(nd(rng));
+    k.n = n;
+    k.scale = scale;
+  }
+  return k.v;
+}
+
 template <class Elem>
 void fill_device(void* dev, std::size_t n, std::uint64_t seed, float scale) {
-  std::vector<Elem> h(n);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, scale);
-  for (auto& x : h) x = Elem(nd(rng));
+  const std::vector<Elem>& h = host_values<Elem>(n, seed, scale);
   cudaMemcpy(dev, h.data(), n * sizeof(Elem), cudaMemcpyHostToDevice);
 }
 

@@ -90,4 +90,23 @@ void check_forward_suite(const std::function<da::Status(const da::Params&)>& run
   check_forward_case<Traits>(w, 11, false, run, st);
 }
 
+/// A few small problems, each checked like the suite's: a ragged query tile and ragged key
+/// tiles with GQA 2:1 (no mask); causal with N > S (rows 0-6 fully masked), B = 2, MQA 3:1, the
+/// split layout, GroupNorm with beta and per-head lambda; a two-sided window. Small enough for
+/// compute-sanitizer, whose tools slow a kernel down by orders of magnitude (test_forward_gpu.cu).
+template <class Traits>
+void check_forward_small_cases(const std::function<da::Status(const da::Params&)>& run, ErrorStats& st) {
+  Shape s;
+  s.B = 1; s.N = 65; s.S = 130; s.H = 2; s.Hkv = 1; s.d = Traits::kHeadDim;
+  check_forward_case<Traits>(s, 21, false, run, st);
+  Shape c;
+  c.B = 2; c.N = 20; c.S = 13; c.H = 3; c.Hkv = 1; c.d = Traits::kHeadDim; c.mask = da::MaskKind::causal;
+  c.norm = da::NormKind::group; c.beta = true; c.per_head = true;
+  check_forward_case<Traits>(c, 22, /*split=*/true, run, st);
+  Shape w;
+  w.B = 1; w.N = 40; w.S = 77; w.H = 2; w.Hkv = 2; w.d = Traits::kHeadDim; w.mask = da::MaskKind::window;
+  w.wl = 9; w.wr = 20;
+  check_forward_case<Traits>(w, 23, false, run, st);
+}
+
 }  // namespace dt

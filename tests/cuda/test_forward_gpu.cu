@@ -93,7 +93,25 @@ void gpu_suite() {
                                                       << ", A " << st.attn_ratio);
 }
 
+template <class Traits>
+void gpu_small_cases() {
+  ErrorStats st;
+  check_forward_small_cases<Traits>(run_on_gpu, st);
+}
+
 }  // namespace
+
+// scripts/gpu_check.sh runs this test case alone under compute-sanitizer (memcheck, racecheck,
+// synccheck, initcheck): test_cuda_forward_gpu -tc="*small cases*".
+TEST_CASE("cuda forward on a GPU: small cases of every shipped configuration (for compute-sanitizer)") {
+  if (!have_gpu()) {
+    MESSAGE("SKIPPED: no CUDA device on this machine");
+    return;
+  }
+#define DIFFATTN_X(fmt, d) gpu_small_cases<da::cuda::ForwardTraits<da::simt::fmt16::fmt, d>>();
+  DIFFATTN_CUDA_FORWARD_CONFIGS(DIFFATTN_X)
+#undef DIFFATTN_X
+}
 
 TEST_CASE("cuda forward on a GPU: every shipped configuration") {
   if (!have_gpu()) {
