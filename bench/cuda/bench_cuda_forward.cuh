@@ -80,11 +80,8 @@ void bm_forward(benchmark::State& state, da::MaskKind mask) {
   const float* l = static_cast<const float*>(lam);
   p.lambda = {l, l + d, l + 2 * d, l + 3 * d, false, da::lambda_init_for_depth(4)};
   p.norm.gamma = gamma;
-  // validate once, then launch this configuration directly (one kernel per translation unit)
-  const da::Status valid = da::validate(p, da::cuda::caps());
-  const da::Status supported =
-      valid.ok() ? da::cuda::check_forward_support(p, Traits::kBlockM, Traits::kSinglePass) : valid;
-  const da::Status s = supported.ok() ? da::cuda::forward_config<Traits>(p, nullptr) : supported;  // warm-up
+  // validated once (forward_config), then timed launches of this configuration alone
+  const da::Status s = da::cuda::forward_config<Traits>(p, nullptr);  // warm-up
   if (!s.ok()) {
     state.SkipWithError(s.to_string().c_str());
   } else {
@@ -93,7 +90,7 @@ void bm_forward(benchmark::State& state, da::MaskKind mask) {
     cudaEventCreate(&e1);
     for (auto _ : state) {
       cudaEventRecord(e0);
-      (void)da::cuda::forward_config<Traits>(p, nullptr);
+      (void)da::cuda::detail::launch_forward<Traits>(p, nullptr);
       cudaEventRecord(e1);
       cudaEventSynchronize(e1);
       float ms = 0;
@@ -114,13 +111,17 @@ inline const char* mask_name(da::MaskKind m) {
   return m == da::MaskKind::none ? "none" : (m == da::MaskKind::causal ? "causal" : "window");
 }
 
-/// Registers the runs of one configuration.
+/// Registers the runs of one configuration: cuda_forward/<dtype>/<mask>/d:<d>[/<variant>]/N:<N>,
+/// with variant "m<BlockM>_n<BlockN>_<1p|2p>_n1<BlockN1>" for the tuning candidates.
 template <class Traits>
-void register_config() {
+void register_config(bool variant = false) {
   const char* dtype = Traits::kFmt == da::simt::fmt16::f16 ? "f16" : "bf16";
+  const std::string tag = variant ? "/m" + std::to_string(Traits::kBlockM) + "_n" + std::to_string(Traits::kBlockN) +
+                                        (Traits::kSinglePass ? "_1p" : "_2p") + "_n1" + std::to_string(Traits::kBlockN1)
+                                  : std::string();
   for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal}) {
     const std::string name = std::string("cuda_forward/") + dtype + "/" + mask_name(m) + "/d:" +
-                             std::to_string(Traits::kHeadDim);
+                             std::to_string(Traits::kHeadDim) + tag;
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_forward<Traits>(st, m); })
         ->ArgName("N")->RangeMultiplier(2)->Range(1024, 16384)->UseManualTime()->Unit(benchmark::kMillisecond);
   }

@@ -22,12 +22,19 @@
 #endif
 
 /// Tuning variants: candidate configurations beside the shipped ones, built only into the GPU
-/// benchmark (CMake option DIFFATTN_CUDA_TUNING) and the SASS model, so that one run on a GPU
-/// picks the shipped choice per head dim by measurement. X(fmt, d, BlockM, BlockN, SinglePass)
-/// spells ForwardTraits<simt::fmt16::fmt, d, BlockM, BlockN, SinglePass>.
+/// benchmark (CMake option DIFFATTN_CUDA_TUNING) and the SASS model (bench/cuda/sass_model.py),
+/// so that one run on a GPU picks the shipped choice per head dim by measurement (f16 compiles to
+/// the same instructions as bf16, so bf16 alone is swept). X(fmt, d, BlockM, BlockN, SinglePass,
+/// BlockN1) spells ForwardTraits<simt::fmt16::fmt, d, BlockM, BlockN, SinglePass, BlockN1>:
+///   d = 64:  single pass with 32-key tiles (255 registers; sm_90 spills 8 bytes);
+///            two pass with 64-key tiles in both passes; single pass with 128-row blocks (8 warps:
+///            half the L2 -> shared traffic per FLOP);
+///   d = 128: pass 2 with 32-key tiles (255 registers, no spill), also with pass 1 at 64 keys;
+///            128-row blocks.
 #ifndef DIFFATTN_CUDA_FORWARD_VARIANTS
-#define DIFFATTN_CUDA_FORWARD_VARIANTS(X) \
-  X(bf16, 64, 64, 64, false) X(bf16, 128, 64, 32, false)
+#define DIFFATTN_CUDA_FORWARD_VARIANTS(X)                                                      \
+  X(bf16, 64, 64, 32, true, 32) X(bf16, 64, 64, 64, false, 64) X(bf16, 64, 128, 16, true, 32) \
+  X(bf16, 128, 64, 32, false, 32) X(bf16, 128, 64, 32, false, 64) X(bf16, 128, 128, 16, false, 32)
 #endif
 
 DIFFATTN_NAMESPACE_BEGIN
