@@ -112,12 +112,13 @@ inline const char* mask_name(da::MaskKind m) {
 }
 
 /// Registers the runs of one configuration: cuda_forward/<dtype>/<mask>/d:<d>[/<variant>]/N:<N>,
-/// with variant "m<BlockM>_n<BlockN>_<1p|2p>_n1<BlockN1>" for the tuning candidates.
+/// with variant "m<BlockM>_n<BlockN>_1p" or "m<BlockM>_n<BlockN>_2p_p1n<BlockN1>" for the tuning
+/// candidates.
 template <class Traits>
 void register_config(bool variant = false) {
   const char* dtype = Traits::kFmt == da::simt::fmt16::f16 ? "f16" : "bf16";
   const std::string tag = variant ? "/m" + std::to_string(Traits::kBlockM) + "_n" + std::to_string(Traits::kBlockN) +
-                                        (Traits::kSinglePass ? "_1p" : "_2p") + "_n1" + std::to_string(Traits::kBlockN1)
+                                        (Traits::kSinglePass ? std::string("_1p") : "_2p_p1n" + std::to_string(Traits::kBlockN1))
                                   : std::string();
   for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal}) {
     const std::string name = std::string("cuda_forward/") + dtype + "/" + mask_name(m) + "/d:" +
