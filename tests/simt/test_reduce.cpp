@@ -96,3 +96,29 @@ TEST_CASE("quad and tree warp reductions") {
     CHECK(out[64 + l] == total);
   }
 }
+
+namespace {
+// any_sync over the warp and over a partial mask; op_max and fmaxf agree when a lane holds NaN.
+struct VoteKernel {
+  void operator()(const int* pred, int* out, float* mx) const {
+    const unsigned lane = simt::lane_id();
+    out[lane] = simt::any_sync(simt::kFullMask, pred[lane] != 0) ? 1 : 0;
+    const float v = lane == 5 ? NAN : static_cast<float>(lane % 4);
+    mx[lane] = simt::warp_allreduce<4>(v, simt::op_max{});
+    if (lane < 16) out[32 + lane] = simt::any_sync(0x0000ffffu, pred[lane] != 0) ? 1 : 0;
+  }
+};
+}  // namespace
+
+TEST_CASE("any_sync votes over the mask; op_max drops NaN like fmaxf, so every lane agrees") {
+  for (int only : {-1, 3, 20}) {  // no lane, a lane inside the half mask, a lane outside it
+    CAPTURE(only);
+    std::vector<int> pred(32, 0), out(64, -1);
+    if (only >= 0) pred[only] = 1;
+    std::vector<float> mx(32, -1.f);
+    emu::launch(1, 32, 0, VoteKernel{}, pred.data(), out.data(), mx.data());
+    for (int l = 0; l < 32; ++l) CHECK(out[l] == (only >= 0 ? 1 : 0));
+    for (int l = 0; l < 16; ++l) CHECK(out[32 + l] == (only >= 0 && only < 16 ? 1 : 0));
+    for (int l = 0; l < 32; ++l) CHECK(mx[l] == 3.f);  // lane 5's NaN dropped in its quad (4-7)
+  }
+}
