@@ -25,16 +25,17 @@
 /// benchmark (CMake option DIFFATTN_CUDA_TUNING) and the SASS model (bench/cuda/sass_model.py),
 /// so that one run on a GPU picks the shipped choice per head dim by measurement (f16 compiles to
 /// the same instructions as bf16, so bf16 alone is swept). X(fmt, d, BlockM, BlockN, SinglePass,
-/// BlockN1) spells ForwardTraits<simt::fmt16::fmt, d, BlockM, BlockN, SinglePass, BlockN1>:
-///   d = 64:  single pass with 32-key tiles (255 registers; sm_90 spills 8 bytes);
-///            two pass with 64-key tiles in both passes; single pass with 128-row blocks (8 warps:
-///            half the L2 -> shared traffic per FLOP);
-///   d = 128: pass 2 with 32-key tiles (255 registers, no spill), also with pass 1 at 64 keys;
-///            128-row blocks.
+/// BlockN1) spells ForwardTraits<simt::fmt16::fmt, d, BlockM, BlockN, SinglePass, BlockN1>.
+/// Beside the shipped d = 64 (128 rows, 16 keys, single pass) and d = 128 (128 rows, 32 keys,
+/// two pass, 32-key pass 1):
+///   d = 64:  64-row blocks (two blocks per SM instead of one: more latency hiding, the model
+///            cannot see it); 32-key tiles (spills 8 B on sm_90); the two-pass form at 64 keys;
+///   d = 128: 64-row blocks with 32- or 16-key pass 2, 64-key pass 1; 128 rows with 16 keys.
 #ifndef DIFFATTN_CUDA_FORWARD_VARIANTS
 #define DIFFATTN_CUDA_FORWARD_VARIANTS(X)                                                      \
-  X(bf16, 64, 64, 32, true, 32) X(bf16, 64, 64, 64, false, 64) X(bf16, 64, 128, 16, true, 32) \
-  X(bf16, 128, 64, 32, false, 32) X(bf16, 128, 64, 32, false, 64) X(bf16, 128, 128, 16, false, 32)
+  X(bf16, 64, 64, 16, true, 32) X(bf16, 64, 64, 32, true, 32) X(bf16, 64, 64, 64, false, 64)  \
+  X(bf16, 128, 64, 32, false, 32) X(bf16, 128, 64, 16, false, 32) X(bf16, 128, 64, 32, false, 64) \
+  X(bf16, 128, 128, 16, false, 32)
 #endif
 
 DIFFATTN_NAMESPACE_BEGIN

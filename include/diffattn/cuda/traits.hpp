@@ -22,17 +22,32 @@ namespace cuda {
 /// without spills (d = 64: two accumulators of 64 registers each), d = 96 and 128 do not.
 constexpr bool default_single_pass(int head_dim) { return head_dim <= 64; }
 
-/// Keys per tile, also from the register report (4 warps, sm_80 / sm_90):
-///   single pass, d = 32: 32 keys (174 / 172 registers, no spill);
-///   single pass, d = 64: 16 keys: with 32 keys it needs 255 registers and spills 40 bytes;
-///            16 keys: 237 / 239 registers, no spill. (The two-pass form at d = 64 fits 64-key
-///            tiles in 238 registers: which is faster is for a GPU to tell; select it with
-///            ForwardTraits<F, 64, 64, 64, false>.)
-///   two pass, d = 96: 32 keys (248 registers, no spill);
-///   two pass, d = 128: 16 keys: with 32 keys the (16, 256) accumulator plus two (16, 32) score
-///            tiles need 255 registers and spill 56 bytes; 16 keys: 246 registers, no spill.
+// The tile sizes below are set by the SASS model (bench/cuda/sass_model.py, results in
+// bench/results/sass_model.md): per configuration it counts one warp's instructions per key tile
+// in the machine code and bounds the throughput by the busiest SM unit, for an H100 SXM and an
+// A100 (bf16, N = S = 8192, no mask; nvcc 13.0). Candidates that spill are out. A GPU run of
+// bench_cuda_forward with DIFFATTN_CUDA_TUNING (scripts/gpu_check.sh) is to confirm or replace
+// them: until one has run, these are the model's choices, not measurements.
+
+/// Query rows per block (16 per warp). 128 rows (8 warps) where the model gains: every warp still
+/// reads all of K and V from shared memory, but each block's cp.async traffic (and its L2 -> SM
+/// traffic) serves twice the rows. d = 64: 457 TF (H100) / 288 (A100) against 424 / 267 with 64
+/// rows; d = 128: 383 / 241 against 349 / 220 (32-key pass 2 in both). One block of 8 warps at up
+/// to 255 registers fills the register file (65280 of 65536), the same 8 warps per SM as two
+/// 4-warp blocks.
+constexpr int default_block_m(int head_dim) { return head_dim == 64 || head_dim == 128 ? 128 : 64; }
+
+/// Keys per tile (of pass 2 in the two-pass form), from the model and the register report
+/// (sm_80 / sm_90):
+///   single pass, d = 32: 32 keys (first kernel's report: 174 / 172 registers, no spill);
+///   single pass, d = 64: 16 keys (222 / 225 registers at 128 rows). 32 keys bounds higher (495
+///            TF) but needs 255 registers and spills on sm_90 (8 B stores, 28 B loads).
+///   two pass, d = 96: 32 keys;
+///   two pass, d = 128: 32 keys (255 / 255 registers, no spill since the tile loader stopped
+///            holding 64-bit addresses): Q is re-read per 32 keys instead of 16, pass 2's
+///            ldmatrix per 16 keys 48 -> 40; 16 keys: 339 TF instead of 383 at 128 rows.
 constexpr int default_block_n(int head_dim) {
-  return head_dim <= 32 ? 32 : (head_dim <= 64 ? 16 : (head_dim <= 96 ? 32 : 16));
+  return head_dim <= 32 ? 32 : (head_dim <= 64 ? 16 : 32);
 }
 
 /// What one warp must execute per key tile of one key-tile loop, from the kernel's arithmetic:
@@ -56,7 +71,7 @@ constexpr int default_block_n1(int head_dim) { return head_dim <= 128 ? 32 : 16;
 ///
 /// @tparam F        16-bit input format (simt::fmt16::f16 or bf16); math is fp32.
 /// @tparam HeadDim  d, the head dim of each Q/K component; V and out have 2d. Multiple of 16.
-/// @tparam BlockM   query rows per block: 16 per warp. Default 64 (4 warps).
+/// @tparam BlockM   query rows per block: 16 per warp. Default default_block_m(d).
 /// @tparam BlockN   keys per tile (of pass 2 in the two-pass form). Default default_block_n(d).
 /// @tparam SinglePass  the form of DESIGN.md. true: one stream of K1, K2, V tiles, two online
 ///   softmaxes and two accumulators P_1 V, P_2 V combined with lambda in the epilogue (also
@@ -65,7 +80,7 @@ constexpr int default_block_n1(int head_dim) { return head_dim <= 128 ? 32 : 16;
 ///   accumulator (half the registers; K read twice, four exponentials per score pair; no O_2).
 ///   Default default_single_pass(d).
 /// @tparam BlockN1  keys per tile of pass 1 (two-pass form only). Default default_block_n1(d).
-template <simt::fmt16 F, int HeadDim, int BlockM = 64, int BlockN = default_block_n(HeadDim),
+template <simt::fmt16 F, int HeadDim, int BlockM = default_block_m(HeadDim), int BlockN = default_block_n(HeadDim),
           bool SinglePass = default_single_pass(HeadDim), int BlockN1 = default_block_n1(HeadDim)>
 struct ForwardTraits {
   static constexpr bool kSinglePass = SinglePass;
