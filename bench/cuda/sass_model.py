@@ -1,0 +1,1081 @@
+#!/usr/bin/env python3
+"""SASS model of the CUDA forward: per-tile instruction counts of each key-tile loop, read from
+the machine code nvcc produces, and a throughput bound (a ceiling, not a prediction) per GPU.
+
+No GPU is needed. For every shipped configuration (DIFFATTN_CUDA_FORWARD_CONFIGS) and every
+tuning variant (DIFFATTN_CUDA_FORWARD_VARIANTS), both in include/diffattn/cuda/dispatch.hpp, and
+for every architecture (sm_80, sm_90 by default) the script:
+
+  1. reads the configurations and their traits (kBlockM, kBlockN, kWarps, kLoops and
+     Traits::loop_counts(i), what one warp must execute per key tile of loop i) from a small host
+     C++ program that expands both macros (compiled with g++ here: no list and no traits
+     arithmetic is repeated in this file);
+  2. compiles one TU per configuration and architecture with nvcc -cubin -Xptxas -v (registers,
+     spills, stack frame from ptxas's report; cubins are cached by a hash of include/, the TU,
+     the architecture and the nvcc version);
+  3. disassembles the kernel with nvdisasm (PyPI package nvidia-cuda-nvdisasm, installed into its
+     own virtual environment), builds the basic blocks, finds the loops (backward branches) and
+     keeps the outermost ones that contain HMMA: the key-tile loops, in program order;
+  4. counts one warp's instructions per tile on each loop's steady-state path, by unit, and
+     checks HMMA, LDSM and MUFU.EX2 against loop_counts(i) (--check);
+  5. turns the counts into SM-clocks per warp-tile per unit with per-SM rates of H100 SXM
+     (sm_90 code) and A100 SXM (sm_80 code), and reports the binding unit and the TFLOP/s bound.
+
+Run (from the repository root; Python 3.11, stdlib only):
+
+    python3 bench/cuda/sass_model.py                      # every config, sm_80 + sm_90
+    python3 bench/cuda/sass_model.py --check --configs 'bf16_d64$' --arch 90
+    ctest --test-dir build -L cuda-model --output-on-failure   # the ctest cuda_sass_model
+
+Writes <out>/sass_model.json and <out>/sass_model.md (default --out bench/results). Exit codes:
+0 ok, 1 a --check failed, 2 a usage or build error, 77 the disassembler packages could not be
+installed (no network: the ctest reports SKIPPED).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+EXIT_OK, EXIT_CHECK, EXIT_ERROR, EXIT_NO_DISASSEMBLER = 0, 1, 2, 77
+REPO = Path(__file__).resolve().parents[2]
+# nvdisasm does the work (its `-c` listing parses most robustly: labels .L_x_N, one instruction a line);
+# cuobjdump comes along for reading by hand (`cuobjdump -sass`). 13.x: the listing format this parser reads.
+PIP_PACKAGES = ("nvidia-cuda-cuobjdump~=13.0", "nvidia-cuda-nvdisasm~=13.0")
+NVCC_FLAGS = ("-std=c++17", "-O3", "-cubin", "-Xptxas", "-v", "-diag-suppress=20012,20013,20015")
+
+
+class Fail(Exception):
+    """An error that ends the run with EXIT_ERROR (or the code given)."""
+
+    def __init__(self, msg: str, code: int = EXIT_ERROR):
+        super().__init__(msg)
+        self.code = code
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# =============================================================================================
+# Hardware rates (per SM per clock unless stated). Each with its source; "estimate" where it could
+# not be verified.
+# =============================================================================================
+HMMA_FLOP = 16 * 8 * 16 * 2  # one mma.sync m16n8k16 (HMMA.16816): 4096 FLOP
+
+DEVICES = {
+    "H100 SXM": {
+        "arch": "sm_90",
+        "sms": (132, "NVIDIA H100 datasheet / Hopper whitepaper: 132 SMs on the SXM5 part"),
+        "clock_ghz": (1.83, "tensor boost clock behind the 989.4 dense BF16 TFLOPS of the datasheet "
+                            "(989.4e12 = 132 x 4096 x 1.83e9; the same clock as the 2026-11-23 review)"),
+        "tensor_flop_per_clk": (4096 * 2 / 3, "mma.sync (HMMA.16816) on sm_90 reaches about 2/3 of the 4096 "
+                                              "FLOP/clk/SM of dense wgmma: FlashAttention-3 paper (Shah et al. "
+                                              "2024); ESTIMATE, not re-verified"),
+        "mufu_per_clk": (16, "CUDA C++ Programming Guide, arithmetic instruction throughput table "
+                             "(32-bit exp2/rsqrt/..., cc 9.0: 16 results/clk/SM)"),
+        "fp32_per_clk": (128, "CUDA Programming Guide throughput table (cc 9.0: 128 FP32 add/mul/fma); "
+                              "67 TFLOPS FP32 = 132 x 128 x 2 x 1.98 GHz in the datasheet"),
+        "int32_per_clk": (64, "CUDA Programming Guide throughput table (cc 9.0: 64 32-bit integer add/logic/shift)"),
+        "issue_per_clk": (4, "4 warp schedulers per SM, each issuing 1 warp-instruction/clk (Hopper whitepaper)"),
+        "smem_bytes_per_clk": (128, "32 banks x 4 B per clk (CUDA Programming Guide, shared memory); "
+                                    "ldmatrix.x4 = 512 B = 4 clk"),
+        "l2_tb_s": (5.5, "ESTIMATE: L2 to SM bandwidth, ~5.5-7 TB/s recalled from Chips and Cheese's H100 "
+                         "microbenchmarks (measured on H100 PCIe), not verified for the SXM part"),
+        "hbm_tb_s": (3.35, "NVIDIA H100 SXM datasheet: 3.35 TB/s HBM3"),
+    },
+    "A100 SXM": {
+        "arch": "sm_80",
+        "sms": (108, "NVIDIA A100 datasheet / Ampere whitepaper: 108 SMs"),
+        "clock_ghz": (1.41, "A100 boost clock 1410 MHz (datasheet; Chips and Cheese saw it hold 1410 MHz on SXM4)"),
+        "tensor_flop_per_clk": (2048, "312 dense BF16 TFLOPS / (108 SM x 1.41 GHz) = 2048 FLOP/clk/SM "
+                                      "(A100 datasheet); mma.sync is the native path on sm_80"),
+        "mufu_per_clk": (16, "CUDA C++ Programming Guide throughput table (cc 8.0: 16 results/clk/SM)"),
+        "fp32_per_clk": (64, "CUDA Programming Guide throughput table (cc 8.0: 64 FP32 add/mul/fma per "
+                             "clk/SM; 19.5 TFLOPS = 108 x 64 x 2 x 1.41 GHz)"),
+        "int32_per_clk": (64, "CUDA Programming Guide throughput table (cc 8.0: 64)"),
+        "issue_per_clk": (4, "4 warp schedulers per SM, 1 warp-instruction/clk each (Ampere whitepaper)"),
+        "smem_bytes_per_clk": (128, "32 banks x 4 B per clk (CUDA Programming Guide, shared memory)"),
+        "l2_tb_s": (4.0, "ESTIMATE: L2 to SM bandwidth ~4 TB/s (not verified)"),
+        "hbm_tb_s": (2.039, "NVIDIA A100 80GB SXM datasheet: 2,039 GB/s HBM2e"),
+    },
+}
+# Note on A100 FP32: the brief asked for 128 FP32 lanes; GA100 (A100) has 64 FP32 lanes per SM
+# (128 is the consumer GA10x and Hopper figure), which the datasheet's 19.5 TFLOPS confirms.
+
+
+# =============================================================================================
+# Instruction classes. One warp-instruction each; the key is the opcode before the first '.'.
+# =============================================================================================
+CLASSES = [
+    # (class, unit in the model or None, opcodes)
+    ("tensor", "tensor", {"HMMA", "IMMA", "DMMA", "HGMMA", "BMMA"}),
+    ("ldsm", "smem", {"LDSM"}),
+    ("mufu", "mufu", {"MUFU"}),
+    ("fp32", "fp32", {"FADD", "FMUL", "FFMA", "FMNMX", "FSEL", "FSETP", "FSET", "FCHK", "FSWZADD",
+                      "FRND", "HADD2", "HMUL2", "HFMA2", "HMNMX2", "HSETP2", "HSET2", "FMUL2", "FADD2", "FFMA2"}),
+    # IMAD (all forms: IMAD.MOV, IMAD.WIDE, IMAD.SHL, IMAD.IADD ...) issues to the FMA pipe on
+    # sm_80+ (the "fmaheavy" half of the FP32 lanes), not the integer ALU: counted as "imad" and
+    # charged to the FP32 unit in the model (see model_loop).
+    ("imad", "fp32", {"IMAD", "IMADSP", "IMUL"}),
+    ("int", "int", {"IADD3", "IADD", "VIADD", "VIADDMNMX", "IMNMX", "VIMNMX", "VIMNMX3", "IABS", "LOP3",
+                    "LOP", "SHF", "SHL", "SHR", "LEA", "ISETP", "SEL", "MOV", "PRMT", "POPC", "FLO", "BREV",
+                    "BMSK", "SGXT", "PLOP3", "P2R", "R2P", "CS2R", "ICMP", "IDP", "IDP4A", "VOTE", "VOTEU",
+                    "FSWZ"}),
+    ("conv", None, {"F2F", "F2FP", "I2F", "F2I", "I2FP", "F2IP", "I2I", "I2IP", "FRND"}),
+    ("shfl", None, {"SHFL"}),
+    ("bar", None, {"BAR", "BARRIER", "SYNCS", "ERRBAR", "MEMBAR", "FENCE", "CCTL"}),
+    ("ldgsts", "smem", {"LDGSTS"}),
+    ("depbar", None, {"DEPBAR", "LDGDEPBAR", "ARRIVES"}),
+    ("lds_sts", None, {"LDS", "STS", "ATOMS"}),
+    ("global", None, {"LDG", "STG", "LD", "ST", "ATOM", "ATOMG", "RED"}),
+    ("local", None, {"LDL", "STL"}),
+    ("const", None, {"LDC"}),
+    ("uniform", None, set()),  # opcodes starting with U (UIADD3, ULDC, UMOV ...) and S2UR/R2UR
+    ("branch", None, {"BRA", "BRX", "JMP", "JMX", "BSSY", "BSYNC", "WARPSYNC", "BREAK", "CALL", "RET",
+                      "EXIT", "YIELD", "KILL", "BPT", "NANOSLEEP", "WARPGROUP"}),
+    ("nop", None, {"NOP"}),
+    ("other", None, set()),
+]
+CLASS_NAMES = [c[0] for c in CLASSES]
+_OPCODE_CLASS = {op: name for name, _, ops in CLASSES for op in ops}
+CLASS_TABLE_DOC = "\n".join(
+    [f"| {n} | {u or 'issue only'} | {', '.join(sorted(o))} |" for n, u, o in CLASSES if o]
+    + ["| uniform | issue only | every opcode starting with U (UIADD3, ULDC, UMOV ...), S2UR, R2UR |",
+       "| nop | issue only | also any instruction guarded by `@!PT` (never executes: ptxas's alignment padding) |",
+       "| other | issue only | anything else (S2R ...) |"])
+
+
+def classify(opcode: str, guard: str | None = None) -> str:
+    if guard == "@!PT":  # never executes (ptxas's alignment padding, e.g. `@!PT LDS RZ, [RZ]`): a NOP
+        return "nop"
+    base = opcode.split(".")[0]
+    if base in _OPCODE_CLASS:
+        return _OPCODE_CLASS[base]
+    if base in ("S2UR", "R2UR") or (base.startswith("U") and len(base) > 1):
+        return "uniform"
+    return "other"
+
+
+# =============================================================================================
+# Small helpers
+# =============================================================================================
+def run(cmd: list[str], cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if check and p.returncode != 0:
+        raise Fail(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout[-4000:]}{p.stderr[-4000:]}")
+    return p
+
+
+def tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def nice_prefix() -> list[str]:
+    return ["nice", "-n", "10"] if shutil.which("nice") else []
+
+
+# =============================================================================================
+# 1. Virtual environment with the disassemblers
+# =============================================================================================
+def find_tool(venv: Path, name: str) -> Path | None:
+    hits = sorted(p for p in venv.glob(f"lib/python*/site-packages/nvidia/**/bin/{name}") if p.is_file())
+    return hits[0] if hits else None
+
+
+def ensure_disassemblers(venv: Path) -> dict[str, Path]:
+    tools = {n: find_tool(venv, n) for n in ("nvdisasm", "cuobjdump")}
+    if all(tools.values()):
+        return tools
+    py = venv / "bin" / "python"
+    if not py.exists():
+        log(f"sass_model: creating virtual environment {venv}")
+        p = run([sys.executable, "-m", "venv", str(venv)], check=False)
+        if p.returncode != 0:
+            raise Fail(f"sass_model: SKIP: cannot create the virtual environment {venv} for the disassembler "
+                       f"packages ({sys.executable} -m venv failed; on Debian: apt-get install python3-venv):\n"
+                       f"{p.stdout}{p.stderr}", EXIT_NO_DISASSEMBLER)
+    log(f"sass_model: pip install {' '.join(PIP_PACKAGES)} into {venv}")
+    p = run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--retries", "2", "--timeout", "20",
+             *PIP_PACKAGES], check=False)
+    tools = {n: find_tool(venv, n) for n in ("nvdisasm", "cuobjdump")}
+    if p.returncode != 0 or not all(tools.values()):
+        raise Fail("sass_model: SKIP: could not install the disassembler packages "
+                   f"{', '.join(PIP_PACKAGES)} from PyPI (no network?); pip said:\n"
+                   + (p.stderr.strip()[-2000:] or "(nothing)"), EXIT_NO_DISASSEMBLER)
+    for t in tools.values():
+        t.chmod(t.stat().st_mode | 0o111)
+    return tools
+
+
+# =============================================================================================
+# 2. Configurations, from the C++ macros and traits
+# =============================================================================================
+HOST_PROGRAM = r'''// generated by bench/cuda/sass_model.py: the configurations of dispatch.hpp and their traits
+#include <cstdio>
+#include "diffattn/cuda/dispatch.hpp"
+
+static bool first = true;
+template <class T>
+static void emit(const char* kind, const char* fmt, const char* args) {
+  std::printf("%s{\"kind\": \"%s\", \"fmt\": \"%s\", \"args\": \"%s\", "
+              "\"type\": \"diffattn::cuda::ForwardTraits<diffattn::simt::fmt16::%s, %s>\", "
+              "\"head_dim\": %d, \"kBlockM\": %d, \"kBlockN\": %d, \"kWarps\": %d, \"kThreads\": %d, "
+              "\"kSinglePass\": %s, \"kSmemBytes\": %d, \"kLoops\": %d, \"loop_counts\": [",
+              first ? "" : ",\n", kind, fmt, args, fmt, args, T::kHeadDim, T::kBlockM, T::kBlockN, T::kWarps,
+              T::kThreads, T::kSinglePass ? "true" : "false", T::kSmemBytes, T::kLoops);
+  first = false;
+  for (int i = 0; i < T::kLoops; ++i) {
+    const diffattn::cuda::LoopCounts c = T::loop_counts(i);
+    std::printf("%s{\"keys\": %d, \"hmma\": %d, \"ldsm\": %d, \"mufu\": %d}", i ? ", " : "", c.keys, c.hmma,
+                c.ldsm, c.mufu);
+  }
+  std::printf("]}");
+}
+
+int main() {
+  std::printf("[\n");
+#define SASS_MODEL_SHIPPED(fmt, ...) \
+  emit<diffattn::cuda::ForwardTraits<diffattn::simt::fmt16::fmt, __VA_ARGS__>>("shipped", #fmt, #__VA_ARGS__);
+  DIFFATTN_CUDA_FORWARD_CONFIGS(SASS_MODEL_SHIPPED)
+#define SASS_MODEL_VARIANT(fmt, ...) \
+  emit<diffattn::cuda::ForwardTraits<diffattn::simt::fmt16::fmt, __VA_ARGS__>>("variant", #fmt, #__VA_ARGS__);
+  DIFFATTN_CUDA_FORWARD_VARIANTS(SASS_MODEL_VARIANT)
+  std::printf("\n]\n");
+  return 0;
+}
+'''
+
+
+def config_name(c: dict) -> str:
+    if c["kind"] == "shipped":
+        return f"{c['fmt']}_d{c['head_dim']}"
+    name = f"{c['fmt']}_d{c['head_dim']}_m{c['kBlockM']}_n{c['kBlockN']}_{'1p' if c['kSinglePass'] else '2p'}"
+    extra = [a.strip() for a in c["args"].split(",")][4:]  # template arguments past (d, M, N, SinglePass)
+    for a in extra:
+        name += "_" + re.sub(r"[^A-Za-z0-9]+", "", a)
+    return name
+
+
+def read_configs(cxx: str, eigen: str, work: Path) -> list[dict]:
+    src = work / "sass_model_configs.cpp"
+    exe = work / "sass_model_configs"
+    src.write_text(HOST_PROGRAM)
+    run([cxx, "-std=c++17", "-O0", "-I", str(REPO / "include"), "-I", eigen, str(src), "-o", str(exe)])
+    configs = json.loads(run([str(exe)]).stdout)
+    names = set()
+    for c in configs:
+        c["name"] = config_name(c)
+        if c["name"] in names:
+            raise Fail(f"two configurations are both named {c['name']}")
+        names.add(c["name"])
+    return configs
+
+
+# =============================================================================================
+# 3. Compile (cached) and read ptxas's report
+# =============================================================================================
+def tu_source(c: dict) -> str:
+    # The shipped list is emptied so that the TU holds exactly one kernel: the explicit instantiation.
+    return ("// generated by bench/cuda/sass_model.py\n"
+            "#define DIFFATTN_CUDA_FORWARD_CONFIGS(X)\n"
+            "#include <diffattn/cuda/forward.cuh>\n"
+            f"template diffattn::Status diffattn::cuda::forward_config<{c['type']}>(const diffattn::Params&, cudaStream_t);\n")
+
+
+def compile_tu(c: dict, arch: str, nvcc: str, eigen: str, cache: Path, inc_hash: str, nvcc_version: str) -> dict:
+    src = tu_source(c)
+    num = arch.removeprefix("sm_")
+    flags = [*NVCC_FLAGS, "-gencode", f"arch=compute_{num},code={arch}"]
+    key = hashlib.sha256("\0".join([inc_hash, src, arch, nvcc_version, *flags]).encode()).hexdigest()[:24]
+    cubin, logf = cache / f"{c['name']}_{arch}_{key}.cubin", cache / f"{c['name']}_{arch}_{key}.ptxas.log"
+    if cubin.exists() and logf.exists():
+        return {"cubin": cubin, "log": logf.read_text(), "cached": True}
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        tu = Path(tmp) / f"{c['name']}_{arch}.cu"
+        tu.write_text(src)
+        out = Path(tmp) / "out.cubin"
+        p = run([*nice_prefix(), nvcc, *flags, "-I", str(REPO / "include"), "-I", eigen, str(tu), "-o", str(out)],
+                check=False)
+        if p.returncode != 0:
+            raise Fail(f"nvcc failed for {c['name']} {arch}:\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
+        text = p.stdout + p.stderr
+        for old in cache.glob(f"{c['name']}_{arch}_*"):  # earlier builds of this TU: keep the cache bounded
+            old.unlink()
+        logf.write_text(text)
+        shutil.move(str(out), cubin)
+    return {"cubin": cubin, "log": text, "cached": False}
+
+
+def parse_ptxas(text: str, arch: str) -> dict:
+    res, in_kernel = [], False
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '([^']*)' for '(sm_\w+)'", line)
+        if m:
+            in_kernel = "DiffAttnForwardKernel" in m.group(1) and m.group(2) == arch
+            if in_kernel:
+                res.append({"function": m.group(1)})
+            continue
+        if not in_kernel:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            res[-1].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            res[-1]["registers"] = int(m.group(1))
+            in_kernel = False
+    if len(res) != 1 or "registers" not in res[0] or "stack" not in res[0]:
+        raise Fail(f"ptxas report: expected one DiffAttnForwardKernel entry for {arch}, found {len(res)}:\n{text[-2000:]}")
+    return res[0]
+
+
+# =============================================================================================
+# 4. Disassembly -> instructions -> basic blocks -> loops
+# =============================================================================================
+_INS = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:(@!?U?P(?:T|\d+))\s+)?([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;?\s*$")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_FUNC = re.compile(r"^\s*\.type\s+([^,\s]+)\s*,\s*@function")
+_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
+
+
+def disassemble(nvdisasm: Path, cubin: Path) -> str:
+    return run([str(nvdisasm), "-c", str(cubin)]).stdout
+
+
+def kernel_instructions(text: str) -> tuple[str, list[dict], dict[str, int]]:
+    """The kernel function's instructions (address, guard, opcode, operands) and its labels."""
+    funcs: dict[str, list] = {}
+    cur = None
+    for line in text.splitlines():
+        m = _FUNC.match(line)
+        if m:
+            cur = m.group(1)
+            funcs[cur] = []
+            continue
+        if cur is None:
+            continue
+        m = _LABEL.match(line)
+        if m:
+            funcs[cur].append(("label", m.group(1)))
+            continue
+        m = _INS.match(line)
+        if m:
+            funcs[cur].append(("ins", {"addr": int(m.group(1), 16), "guard": m.group(2), "op": m.group(3),
+                                       "args": m.group(4)}))
+    kernels = [n for n in funcs if "DiffAttnForwardKernel" in n]
+    if len(kernels) != 1:
+        raise Fail(f"disassembly: expected one DiffAttnForwardKernel function, found {kernels}")
+    ins, labels = [], {}
+    for kind, v in funcs[kernels[0]]:
+        if kind == "label":
+            labels[v] = len(ins)
+        else:
+            ins.append(v)
+    return kernels[0], ins, labels
+
+
+def is_conditional_branch(i: dict) -> bool:
+    if i["guard"] not in (None, "@PT"):
+        return True
+    mods = i["op"].split(".")[1:]
+    if "DIV" in mods or "CONV" in mods:
+        return True
+    return bool(re.match(r"^!?U?P(\d+|T)\s*,", i["args"])) and not i["args"].startswith("PT")
+
+
+class CFG:
+    def __init__(self, ins: list[dict], labels: dict[str, int]):
+        self.ins = ins
+        leaders = {0} | set(labels.values())
+        self.indirect = []
+        for k, i in enumerate(ins):
+            base = i["op"].split(".")[0]
+            if base in ("BRA", "BRX", "JMP", "JMX", "EXIT", "RET", "KILL") or (base == "CALL" and _TARGET.search(i["args"])):
+                leaders.add(k + 1)
+        leaders = sorted(x for x in leaders if x < len(ins))
+        self.blocks = []  # (start, end) instruction index ranges
+        for n, s in enumerate(leaders):
+            self.blocks.append((s, leaders[n + 1] if n + 1 < len(leaders) else len(ins)))
+        start_block = {s: b for b, (s, _) in enumerate(self.blocks)}
+        self.succ: list[list[int]] = []
+        for b, (s, e) in enumerate(self.blocks):
+            last = ins[e - 1]
+            base = last["op"].split(".")[0]
+            out = []
+            falls = b + 1 < len(self.blocks)
+            if base in ("BRA", "JMP"):
+                m = _TARGET.search(last["args"])
+                if m:
+                    out.append(start_block[labels[m.group(1)]])
+                else:
+                    self.indirect.append(last["addr"])
+                if not is_conditional_branch(last):
+                    falls = False
+            elif base in ("BRX", "JMX"):
+                self.indirect.append(last["addr"])  # indirect: successors unknown (none today)
+                falls = is_conditional_branch(last) and falls
+            elif base in ("EXIT", "RET", "KILL"):
+                falls = is_conditional_branch(last) and falls
+            elif base == "CALL":
+                # `@P0 CALL.REL.NOINC `(.L_x_39)``: ptxas's sm_80 idiom for a loop exit (a jump into the
+                # function, no return); both ways are kept. Calls of $__internal_ functions return.
+                m = _TARGET.search(last["args"])
+                if m:
+                    out.append(start_block[labels[m.group(1)]])
+            if falls:
+                out.append(b + 1)
+            self.succ.append(list(dict.fromkeys(out)))
+        self.pred: list[list[int]] = [[] for _ in self.blocks]
+        for b, ss in enumerate(self.succ):
+            for t in ss:
+                self.pred[t].append(b)
+        self._find_loops()
+
+    def _find_loops(self) -> None:
+        # back edges: edges to a block on the DFS stack (iterative DFS from the entry)
+        self.back_edges: set[tuple[int, int]] = set()
+        state = [0] * len(self.blocks)  # 0 new, 1 on stack, 2 done
+        stack = [(0, iter(self.succ[0]))]
+        state[0] = 1
+        while stack:
+            b, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[b] = 2
+                stack.pop()
+            elif state[nxt] == 1:
+                self.back_edges.add((b, nxt))
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                stack.append((nxt, iter(self.succ[nxt])))
+        # natural loops, one per header (back edges with the same header merged)
+        loops: dict[int, dict] = {}
+        for latch, head in sorted(self.back_edges):
+            body = loops.setdefault(head, {"head": head, "latches": [], "body": {head}})
+            body["latches"].append(latch)
+            work = [latch]
+            while work:
+                x = work.pop()
+                if x in body["body"]:
+                    continue
+                body["body"].add(x)
+                work.extend(self.pred[x])
+        self.loops = sorted(loops.values(), key=lambda l: self.blocks[l["head"]][0])
+
+    def block_ops(self, b: int) -> list[dict]:
+        s, e = self.blocks[b]
+        return self.ins[s:e]
+
+
+# =============================================================================================
+# 5. Steady-state path of a key-tile loop
+# =============================================================================================
+def copy_regions(cfg: CFG, loop: dict, labels: dict[str, int]) -> list[tuple[int, int]]:
+    """Address ranges [BSSY, its reconvergence label) inside the loop that contain LDGSTS and are
+    not inside another such range: one per runtime-trip-count copy loop (load_tile call) today."""
+    addr = lambda k: cfg.ins[k]["addr"] if k < len(cfg.ins) else cfg.ins[-1]["addr"] + 16
+    lo = min(cfg.blocks[b][0] for b in loop["body"])
+    hi = max(cfg.blocks[b][1] for b in loop["body"])
+    ranges = []
+    for k in range(lo, hi):
+        i = cfg.ins[k]
+        if i["op"].split(".")[0] == "BSSY":
+            m = _TARGET.search(i["args"])
+            if m and m.group(1) in labels:
+                s, e = i["addr"], addr(labels[m.group(1)])
+                if any(cfg.ins[j]["op"].startswith("LDGSTS") and s <= cfg.ins[j]["addr"] < e for j in range(lo, hi)):
+                    ranges.append((s, e))
+    ranges.sort()
+    outer = [r for r in ranges if not any(o != r and o[0] <= r[0] and r[1] <= o[1] for o in ranges)]
+    return outer
+
+
+MAX_INNER_ITERATIONS = 16
+
+
+def best_path(cfg: CFG, loop: dict, region_of: dict[int, int], n_regions: int, targets: list[int] | None) -> dict:
+    """DP over the loop's DAG (every back edge removed). State: LDGSTS count per copy region (or the
+    total when there are no regions). Without targets every block counts once (an inner loop's body
+    once per tile) and the chosen path from the head to a latch maximises HMMA, then LDGSTS, then
+    minimises instructions. With targets (the real per-thread trip count of each copy loop), a
+    single-block inner loop inside a copy region may run 1..MAX_INNER_ITERATIONS times, and the path
+    maximises HMMA, then the number of regions whose LDGSTS count equals its target, then minimises
+    the distance of the total to the targets' sum, then the instructions."""
+    body = loop["body"]
+    dag = {b: [t for t in cfg.succ[b] if t in body and (b, t) not in cfg.back_edges] for b in body}
+    order, seen = [], {loop["head"]}
+    stack = [(loop["head"], iter(dag[loop["head"]]))]
+    while stack:  # reverse post-order from the head = a topological order of the DAG
+        x, it = stack[-1]
+        n = next(it, None)
+        if n is None:
+            order.append(x)
+            stack.pop()
+        elif n not in seen:
+            seen.add(n)
+            stack.append((n, iter(dag[n])))
+    order.reverse()
+
+    weights = {}
+    for b in order:
+        ops = cfg.block_ops(b)
+        weights[b] = (sum(o["op"].startswith("HMMA") for o in ops), sum(o["op"].startswith("LDGSTS") for o in ops),
+                      len(ops))
+    weight = weights.__getitem__
+
+    def multiplicities(b: int) -> range:
+        if targets and b in region_of and (b, b) in cfg.back_edges:
+            return range(1, MAX_INNER_ITERATIONS + 1)
+        return range(1, 2)
+
+    width = max(n_regions, 1)
+
+    def add(st: tuple, b: int, g: int) -> tuple:
+        if not g:
+            return st
+        ns = list(st)
+        if n_regions and b in region_of:
+            ns[region_of[b]] += g
+        elif not n_regions:
+            ns[0] += g
+        return tuple(ns)  # with regions, LDGSTS outside all of them (none today) are not tracked
+
+    # best[b][state] = (hmma, instructions, previous block, previous state, iterations of b)
+    best: dict[int, dict[tuple, tuple]] = {b: {} for b in order}
+    head = loop["head"]
+    h0, g0, n0 = weight(head)
+    best[head][add((0,) * width, head, g0)] = (h0, n0, None, None, 1)
+    for b in order:
+        for st, (h, n, _, _, _) in list(best[b].items()):
+            for t in dag[b]:
+                dh, dg, dn = weight(t)
+                for j in multiplicities(t):
+                    ns = add(st, t, dg * j)
+                    if targets and t in region_of and ns[region_of[t]] > targets[region_of[t]] and j > 1:
+                        break  # more iterations only overshoot the trip count
+                    cand = (h + dh * j, n + dn * j, b, st, j)
+                    cur = best[t].get(ns)
+                    if cur is None or (cand[0], -cand[1]) > (cur[0], -cur[1]):
+                        best[t][ns] = cand
+    latches = [l for l in loop["latches"] if l in best and best[l]]
+    if not latches:
+        raise Fail("a key-tile loop has no latch reachable from its head")
+    cands = []
+    for l in sorted(latches):
+        for st, (h, n, _, _, _) in best[l].items():
+            if targets:
+                key = (h, sum(1 for r in range(n_regions) if st[r] == targets[r]), -abs(sum(st) - sum(targets)), -n)
+            else:
+                key = (h, sum(st), 0, -n)
+            cands.append((key, l, st))
+    cands.sort(key=lambda c: c[0], reverse=True)
+    _, b, st = cands[0]
+    final_state = st
+    path = []
+    while b is not None:
+        _, _, pb, pst, j = best[b][st]
+        path.append((b, j))
+        b, st = pb, pst
+    path.reverse()
+    return {"blocks": path, "ldgsts_per_region": list(final_state) if n_regions else None,
+            "inner_iterations": [j for _, j in path if j > 1]}
+
+
+def ldsm_width(op: str) -> int:
+    m = re.search(r"\.M(?:T)?88(?:\.(\d))?", op)
+    return int(m.group(1)) if m and m.group(1) else 1
+
+
+def count_path(cfg: CFG, blocks: list[tuple[int, int]], regions: list[tuple[int, int]]) -> dict:
+    """Instruction counts on a path of (block, iterations)."""
+    counts = {c: 0 for c in CLASS_NAMES}
+    ops: dict[str, int] = {}
+    ex2 = ldsm_other = calls = in_regions = 0
+    for b, j in blocks:
+        for i in cfg.block_ops(b):
+            cls = classify(i["op"], i["guard"])
+            counts[cls] += j
+            base = "NOP" if cls == "nop" else i["op"].split(".")[0]
+            ops[base] = ops.get(base, 0) + j
+            if i["op"].startswith("MUFU.EX2"):
+                ex2 += j
+            if base == "LDSM" and ldsm_width(i["op"]) != 4:
+                ldsm_other += j
+            if base == "CALL" and not _TARGET.search(i["args"]):
+                calls += j  # a call of a subroutine ($__internal_...); a CALL to a label is a jump
+            if any(s <= i["addr"] < e for s, e in regions):
+                in_regions += j
+    total = sum(counts.values())
+    return {"total": total, "classes": counts, "opcodes": dict(sorted(ops.items())), "mufu_ex2": ex2,
+            "mufu_other": counts["mufu"] - ex2, "ldsm_not_x4": ldsm_other, "calls": calls,
+            "copy_region_instr": in_regions}
+
+
+# The tiles each key-tile loop streams with cp.async, in the order the kernel issues them (K1, K2
+# are d wide, V is 2d wide; 2-byte elements): the brief's byte counts, and the per-thread trip count
+# of each copy loop (columns * keys / 8 elements per 16-byte copy / kThreads).
+def streamed_tiles(c: dict, loop_index: int) -> list[int]:
+    d = c["head_dim"]
+    with_v = c["kSinglePass"] or loop_index == 1
+    return [d, d, 2 * d] if with_v else [d, d]
+
+
+def analyse_loop(cfg: CFG, loop: dict, labels: dict, c: dict, li: int, expect: dict) -> dict:
+    tiles = streamed_tiles(c, li)
+    keys = expect["keys"]
+    bytes_cta = keys * sum(tiles) * 2
+    copies_per_thread = [keys * w / 8 / c["kThreads"] for w in tiles]
+    regions = copy_regions(cfg, loop, labels)
+    # first pass without regions: HMMA on the best path fixes the unroll factor k
+    plain = best_path(cfg, loop, {}, 0, None)
+    plain_counts = count_path(cfg, plain["blocks"], regions)
+    hmma = plain_counts["classes"]["tensor"]
+    k = hmma / expect["hmma"] if expect["hmma"] else 1.0
+    result = {"head_addr": cfg.ins[cfg.blocks[loop["head"]][0]]["addr"], "blocks_in_loop": len(loop["body"])}
+    if abs(k - round(k)) > 1e-9 or round(k) < 1:
+        result.update(error=f"HMMA on the path {hmma} is not a multiple of the expected {expect['hmma']}",
+                      unroll=k, path=plain_counts)
+        return result
+    k = int(round(k))
+    region_of = {}
+    for b in loop["body"]:
+        a = cfg.ins[cfg.blocks[b][0]]["addr"]
+        for r, (s, e) in enumerate(regions):
+            if s <= a < e:
+                region_of[b] = r
+    targets = None
+    note = None
+    if regions:
+        per_tile = [int(x) if float(x).is_integer() else None for x in copies_per_thread]
+        if len(regions) == k * len(tiles) and None not in per_tile:
+            targets = per_tile * k
+            chosen = best_path(cfg, loop, region_of, len(regions), targets)
+        else:
+            note = (f"{len(regions)} copy regions for {len(tiles)} tiles x {k}: trip counts not matched, "
+                    "the path maximises LDGSTS")
+            chosen = best_path(cfg, loop, {}, 0, None)
+    else:
+        chosen = plain
+    counts = count_path(cfg, chosen["blocks"], regions)
+    inner = [l for l in cfg.loops if l is not loop and l["head"] in loop["body"] and l["body"] <= loop["body"]]
+    per_tile = {
+        "total": counts["total"] / k,
+        "classes": {n: v / k for n, v in counts["classes"].items()},
+        "opcodes": {n: v / k for n, v in counts["opcodes"].items()},
+        "hmma": counts["classes"]["tensor"] / k,
+        "ldsm": counts["classes"]["ldsm"] / k,
+        "mufu_ex2": counts["mufu_ex2"] / k,
+        "mufu_other": counts["mufu_other"] / k,
+        "ldgsts": counts["classes"]["ldgsts"] / k,
+        "ldsm_not_x4": counts["ldsm_not_x4"] / k,
+        "copy_region_instr": counts["copy_region_instr"] / k,
+        "issued": (counts["total"]) / k,
+    }
+    result.update({
+        "unroll": k,
+        "inner_loops": len(inner),
+        "has_inner_loop": bool(inner),
+        "copy_regions": len(regions),
+        "copy_trip_counts_expected": copies_per_thread,
+        "copy_trip_counts_on_path": chosen.get("ldgsts_per_region"),
+        "inner_loop_iterations_on_path": chosen.get("inner_iterations"),
+        "path_note": note,
+        "path_blocks": len(chosen["blocks"]),
+        "calls_on_path": counts["calls"],
+        "cp_async_bytes_per_tile_cta": bytes_cta,
+        "expected": expect,
+        "per_tile": per_tile,
+        # the brief's literal rule (maximise LDGSTS): with runtime-trip-count copy loops it walks
+        # every remainder copy and one unrolled body per load_tile call
+        "max_ldgsts_path": {"total": plain_counts["total"] / k, "ldgsts": plain_counts["classes"]["ldgsts"] / k},
+    })
+    return result
+
+
+def analyse_kernel(text: str, c: dict) -> dict:
+    name, ins, labels = kernel_instructions(text)
+    cfg = CFG(ins, labels)
+    hmma_loops = [l for l in cfg.loops
+                  if any(cfg.ins[k]["op"].startswith("HMMA") for b in l["body"] for k in range(*cfg.blocks[b]))]
+    outer = [l for l in hmma_loops if not any(o is not l and l["body"] < o["body"] for o in hmma_loops)]
+    out = {"function": name, "instructions": len(ins), "blocks": len(cfg.blocks), "loops_total": len(cfg.loops),
+           "indirect_branches": cfg.indirect, "hmma_loops": len(outer), "loops": []}
+    if len(outer) != c["kLoops"]:
+        out["error"] = f"{len(outer)} outermost HMMA loops, kLoops = {c['kLoops']}"
+        return out
+    for li, l in enumerate(outer):
+        out["loops"].append(analyse_loop(cfg, l, labels, c, li, c["loop_counts"][li]))
+    return out
+
+
+# =============================================================================================
+# 6. Model
+# =============================================================================================
+def rate(dev: dict, key: str) -> float:
+    return dev[key][0]
+
+
+def model_loop(lp: dict, c: dict, dev: dict) -> dict:
+    t = lp["per_tile"]
+    cl = t["classes"]
+    cp_bytes_warp = lp["cp_async_bytes_per_tile_cta"] / c["kWarps"]
+    units = {
+        "issue": t["issued"] / rate(dev, "issue_per_clk"),
+        "tensor": t["hmma"] * HMMA_FLOP / rate(dev, "tensor_flop_per_clk"),
+        "smem": (t["ldsm"] * 512 + cp_bytes_warp) / rate(dev, "smem_bytes_per_clk"),
+        # FP32 lanes: FP32 instructions plus IMAD (FMA pipe on sm_80+)
+        "fp32": (cl["fp32"] + cl["imad"]) * 32 / rate(dev, "fp32_per_clk"),
+        "int": cl["int"] * 32 / rate(dev, "int32_per_clk"),
+        "mufu": cl["mufu"] * 32 / rate(dev, "mufu_per_clk"),
+    }
+    bind = max(units, key=lambda u: units[u])
+    return {"sm_clk_per_warp_tile": units, "bound_clk": units[bind], "binding": bind,
+            "smem_bytes_per_warp_tile": t["ldsm"] * 512 + cp_bytes_warp}
+
+
+def model_config(c: dict, arch_result: dict, dev: dict) -> dict:
+    loops = [model_loop(lp, c, dev) for lp in arch_result["loops"]]
+    d = c["head_dim"]
+    clk16 = sum(m["bound_clk"] / lp["expected"]["keys"] * 16 for m, lp in zip(loops, arch_result["loops"]))
+    per_unit16 = {u: sum(m["sm_clk_per_warp_tile"][u] / lp["expected"]["keys"] * 16
+                         for m, lp in zip(loops, arch_result["loops"])) for u in loops[0]["sm_clk_per_warp_tile"]}
+    flop16 = 16 * 16 * 12 * d  # one warp's 16 rows x 16 keys, 12 d FLOP per (row, key) (SPEC's count)
+    sms, ghz = rate(dev, "sms"), rate(dev, "clock_ghz")
+    tf = lambda clk: flop16 / clk * ghz * 1e9 * sms / 1e12
+    unit_tf = tf(clk16)
+    # the unit that binds each loop, in program order ("issue" or, for two passes, e.g. "issue/smem")
+    per_loop = [m["binding"] for m in loops]
+    binding = per_loop[0] if len(set(per_loop)) == 1 else "/".join(per_loop)
+    cp_bytes_per_key = sum(lp["cp_async_bytes_per_tile_cta"] / lp["expected"]["keys"] for lp in arch_result["loops"])
+    l2_bytes_per_flop = cp_bytes_per_key / (c["kBlockM"] * 12 * d)
+    l2_tf = rate(dev, "l2_tb_s") / l2_bytes_per_flop
+    smem16 = sum(m["smem_bytes_per_warp_tile"] / lp["expected"]["keys"] * 16
+                 for m, lp in zip(loops, arch_result["loops"]))
+    final = min(unit_tf, l2_tf)
+    return {
+        "loops": loops,
+        "sm_clk_per_16_keys_per_warp": clk16,
+        "per_unit_clk_per_16_keys": per_unit16,
+        "flop_per_16_keys_per_warp": flop16,
+        "unit_bound_tflops": unit_tf,
+        "unit_binding": binding,
+        "l2_bytes_per_flop": l2_bytes_per_flop,
+        "l2_bound_tflops": l2_tf,
+        "smem_bytes_per_flop": smem16 / flop16,
+        "flop_per_smem_byte": flop16 / smem16,
+        "bound_tflops": final,
+        "binding": binding if unit_tf <= l2_tf else "L2",
+        "likely_tflops": [0.5 * final, 0.7 * final],
+    }
+
+
+# =============================================================================================
+# 7. Check
+# =============================================================================================
+def check_config(c: dict) -> list[str]:
+    errs = []
+    for arch, r in c["arch"].items():
+        p = r["ptxas"]
+        if c["kind"] == "shipped" and (p["stack"] or p["spill_stores"] or p["spill_loads"]):
+            errs.append(f"{arch}: {p['stack']} B stack, {p['spill_stores']}/{p['spill_loads']} B spill st/ld")
+        k = r["kernel"]
+        if "error" in k:
+            errs.append(f"{arch}: {k['error']}")
+            continue
+        for li, lp in enumerate(k["loops"]):
+            if "error" in lp:
+                errs.append(f"{arch} loop {li}: {lp['error']}")
+                continue
+            e, t = lp["expected"], lp["per_tile"]
+            for what, got, want in (("HMMA", t["hmma"], e["hmma"]), ("LDSM", t["ldsm"], e["ldsm"]),
+                                    ("MUFU.EX2", t["mufu_ex2"], e["mufu"])):
+                if got != want:
+                    errs.append(f"{arch} loop {li}: {what} {got:g} per tile, loop_counts says {want}")
+            if t["ldsm_not_x4"]:
+                errs.append(f"{arch} loop {li}: {t['ldsm_not_x4']:g} LDSM not .x4 per tile")
+    return errs
+
+
+# =============================================================================================
+# 8. Report
+# =============================================================================================
+def fmt_num(x: float) -> str:
+    return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
+
+
+def markdown(doc: dict) -> str:
+    L = []
+    w = L.append
+    w("# SASS model of the CUDA forward (generated by bench/cuda/sass_model.py; do not edit)\n")
+    t = doc["tools"]
+    w(f"Kernel source: commit `{t['commit']}`{' (include/ modified)' if t['include_dirty'] else ''}, "
+      f"include/ hash `{t['include_hash'][:12]}`. {t['nvcc']}; {t['nvdisasm']}. Static: no GPU ran; every "
+      "TFLOP/s figure is a ceiling of a model, not a measurement.\n")
+    w("## Method\n")
+    w("* One TU per configuration and architecture, `nvcc " + " ".join(NVCC_FLAGS) +
+      " -gencode arch=compute_XX,code=sm_XX`; registers, spills and stack from ptxas's report.")
+    w("* `nvdisasm -c` of the cubin; basic blocks split at labels and after BRA/BRX/JMP/EXIT/RET (a predicated "
+      "branch has a fall-through); loops from the DFS back edges; the key-tile loops are the outermost loops "
+      "that contain HMMA, in program order (their number must equal kLoops).")
+    w("* Steady-state path of each loop: in the loop's DAG (every back edge removed, so an inner loop's body "
+      "counts once per iteration of the key-tile loop), the path from the head to the back-edge branch that "
+      "maximises HMMA, then matches each runtime-trip-count copy loop (a `load_tile` call: the outermost "
+      "BSSY..BSYNC region holding LDGSTS) to its real per-thread trip count (keys x columns / 8 / kThreads, "
+      "tiles K1, K2 [, V] in issue order), then LDGSTS, then has the fewest instructions (no mask-edge code, "
+      "no rare branch). Maximising LDGSTS alone (the first plan) would walk every remainder copy plus one "
+      "4x-unrolled body of each copy loop; the JSON keeps that path's totals as `max_ldgsts_path`.")
+    w("* Counts are one warp's instructions per key tile (divided by k when the compiler unrolled k tiles per "
+      "iteration). Every instruction on the path counts as issued work, NOPs included: NOP and `@!PT` padding "
+      "(6-28 per tile, column NOP) sit inside the path and take issue slots as the warp passes them; subtract "
+      "the column for a lower bound. IMAD (all forms) issues to the FMA pipe on "
+      "sm_80+: it is listed apart from the integer ALU and charged to the FP32 lanes. Conversions, SHFL, "
+      "uniform-datapath, branch and memory instructions count only for issue. `cp.async code` = instructions "
+      "on the path inside the copy loops' regions (address arithmetic, zfill predicates, loop control, LDGSTS).")
+    w("* Model, in SM-clocks per warp-tile (all warps of an SM share its units): issue = instructions / 4; "
+      "tensor = HMMA x 4096 / tensor FLOP/clk; smem = (LDSM x 512 B + this warp's share of the tile's cp.async "
+      "bytes) / 128 B/clk; FP32 = (FP32 + IMAD) x 32 / FP32 lanes; INT = INT x 32 / 64; MUFU = MUFU x 32 / 16. "
+      "A loop's bound is the largest; a configuration's clocks per 16 keys add its loops (the passes run one "
+      "after the other). FLOP per 16 keys per warp = 16 x 16 x 12d (SPEC's count; the two-pass form recomputes "
+      "QK^T, counted once). L2 bound: cp.async bytes per key of all loops / (BlockM x 12d) FLOP. "
+      "The bound is min(unit bound, L2 bound); 50-70% of it is a plausible achieved range (estimate).\n")
+    w("## Rates (per SM per clock)\n")
+    keys = ["sms", "clock_ghz", "tensor_flop_per_clk", "mufu_per_clk", "fp32_per_clk", "int32_per_clk",
+            "issue_per_clk", "smem_bytes_per_clk", "l2_tb_s", "hbm_tb_s"]
+    w("| rate | " + " | ".join(doc["devices"]) + " | source |")
+    w("|---|" + "---|" * len(doc["devices"]) + "---|")
+    for k in keys:
+        vals = [doc["devices"][d][k][0] for d in doc["devices"]]
+        srcs = " / ".join(f"{d}: {doc['devices'][d][k][1]}" for d in doc["devices"])
+        w(f"| {k} | " + " | ".join(f"{v:g}" if isinstance(v, int) else f"{v:.4g}" for v in vals) + f" | {srcs} |")
+    w("")
+    w("## Instruction classes\n")
+    w("| class | model unit | opcodes (before the first '.') |")
+    w("|---|---|---|")
+    w(CLASS_TABLE_DOC)
+    w("")
+    w("## Configurations and ptxas\n")
+    archs = doc["archs"]
+    w("| config | kind | template args | BM | BN | warps | form | smem B | " +
+      " | ".join(f"regs {a}" for a in archs) + " | spill st/ld B, stack B | check |")
+    w("|---|---|---|---|---|---|---|---|" + "---|" * len(archs) + "---|---|")
+    for c in doc["configs"]:
+        spills = "; ".join(f"{a}: {c['arch'][a]['ptxas']['spill_stores']}/{c['arch'][a]['ptxas']['spill_loads']}, "
+                           f"{c['arch'][a]['ptxas']['stack']}" for a in archs if a in c["arch"])
+        w(f"| {c['name']} | {c['kind']} | `{c['args']}` | {c['kBlockM']} | {c['kBlockN']} | {c['kWarps']} | "
+          f"{'1 pass' if c['kSinglePass'] else '2 pass'} | {c['kSmemBytes']} | " +
+          " | ".join(str(c['arch'][a]['ptxas']['registers']) if a in c['arch'] else '-' for a in archs) +
+          f" | {spills} | {'pass' if not c['check_errors'] else 'FAIL: ' + '; '.join(c['check_errors'])} |")
+    w("")
+    cols = [("keys", lambda lp: lp["expected"]["keys"]), ("unroll", lambda lp: lp["unroll"]),
+            ("all instr", lambda lp: lp["per_tile"]["total"]),
+            ("HMMA", lambda lp: lp["per_tile"]["hmma"]), ("(exp)", lambda lp: lp["expected"]["hmma"]),
+            ("LDSM", lambda lp: lp["per_tile"]["ldsm"]), ("(exp)", lambda lp: lp["expected"]["ldsm"]),
+            ("EX2", lambda lp: lp["per_tile"]["mufu_ex2"]), ("(exp)", lambda lp: lp["expected"]["mufu"]),
+            ("MUFU other", lambda lp: lp["per_tile"]["mufu_other"]),
+            ("FP32", lambda lp: lp["per_tile"]["classes"]["fp32"]),
+            ("FMUL", lambda lp: lp["per_tile"]["opcodes"].get("FMUL", 0)),
+            ("FFMA", lambda lp: lp["per_tile"]["opcodes"].get("FFMA", 0)),
+            ("IMAD", lambda lp: lp["per_tile"]["classes"]["imad"]),
+            ("INT", lambda lp: lp["per_tile"]["classes"]["int"]),
+            ("conv", lambda lp: lp["per_tile"]["classes"]["conv"]),
+            ("SHFL", lambda lp: lp["per_tile"]["classes"]["shfl"]),
+            ("BAR", lambda lp: lp["per_tile"]["classes"]["bar"]),
+            ("LDGSTS", lambda lp: lp["per_tile"]["ldgsts"]),
+            ("DEPBAR", lambda lp: lp["per_tile"]["classes"]["depbar"]),
+            ("LDS/STS", lambda lp: lp["per_tile"]["classes"]["lds_sts"]),
+            ("LDG/STG", lambda lp: lp["per_tile"]["classes"]["global"]),
+            ("local", lambda lp: lp["per_tile"]["classes"]["local"]),
+            ("uniform", lambda lp: lp["per_tile"]["classes"]["uniform"]),
+            ("branch", lambda lp: lp["per_tile"]["classes"]["branch"]),
+            ("NOP", lambda lp: lp["per_tile"]["classes"]["nop"]),
+            ("other", lambda lp: lp["per_tile"]["classes"]["other"]),
+            ("cp.async code", lambda lp: lp["per_tile"]["copy_region_instr"]),
+            ("inner loops", lambda lp: lp["inner_loops"])]
+    for a in archs:
+        w(f"## Per-tile counts, one warp, {a}\n")
+        w("(exp) = Traits::loop_counts(i). Inner loops > 0: the loop holds runtime-trip-count loops (today the "
+          "`load_tile` copy loops), counted once per tile at their real trip count.\n")
+        w("| config | loop | " + " | ".join(n for n, _ in cols) + " |")
+        w("|---|---|" + "---|" * len(cols))
+        for c in doc["configs"]:
+            if a not in c["arch"]:
+                continue
+            k = c["arch"][a]["kernel"]
+            if "error" in k:
+                w(f"| {c['name']} | ERROR: {k['error']} |")
+                continue
+            for li, lp in enumerate(k["loops"]):
+                if "error" in lp:
+                    w(f"| {c['name']} | {li} | ERROR: {lp['error']} |")
+                    continue
+                label = ("1p" if c["kSinglePass"] else f"p{li + 1}")
+                w(f"| {c['name']} | {label} | " + " | ".join(fmt_num(f(lp)) for _, f in cols) + " |")
+        w("")
+    for dname, dev in doc["devices"].items():
+        a = dev["arch"]
+        if a not in archs:
+            continue
+        w(f"## Bound, {dname} ({a} code)\n")
+        w("SM-clocks per warp per 16 keys by unit (loops added); bound = min(unit bound, L2 bound).\n")
+        w("| config | issue | tensor | smem | FP32+IMAD | INT | MUFU | unit bound TF | binding | L2 TF | "
+          "**bound TF** | 50-70% TF | FLOP/smem B | smem B/FLOP |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for c in doc["configs"]:
+            m = c.get("model", {}).get(dname)
+            if not m:
+                continue
+            u = m["per_unit_clk_per_16_keys"]
+            w(f"| {c['name']} | " + " | ".join(f"{u[x]:.0f}" for x in ("issue", "tensor", "smem", "fp32", "int", "mufu"))
+              + f" | {m['unit_bound_tflops']:.0f} | {m['unit_binding']} | {m['l2_bound_tflops']:.0f} | "
+              f"**{m['bound_tflops']:.0f}** ({m['binding']}) | {m['likely_tflops'][0]:.0f}-{m['likely_tflops'][1]:.0f} | "
+              f"{m['flop_per_smem_byte']:.1f} | {m['smem_bytes_per_flop']:.3f} |")
+        w("")
+    notes = doc["findings"]
+    if notes:
+        w("## Findings\n")
+        for n in notes:
+            w(f"* {n}")
+        w("")
+    return "\n".join(L)
+
+
+def findings(doc: dict) -> list[str]:
+    out = []
+    loops = [(c, a, lp) for c in doc["configs"] for a, r in c["arch"].items() for lp in r["kernel"].get("loops", [])
+             if "per_tile" in lp]
+    with_inner = [(c, a, lp) for c, a, lp in loops if lp["inner_loops"]]
+    if with_inner:
+        per = sorted({lp["inner_loops"] for _, _, lp in with_inner})
+        share = [lp["per_tile"]["copy_region_instr"] / lp["per_tile"]["total"] for _, _, lp in loops]
+        out.append(f"{len(with_inner)} of {len(loops)} key-tile loops (configs x archs x passes) hold runtime-trip-count "
+                   f"loops ({'/'.join(map(str, per))} per loop: one per `load_tile` call, whose trip count depends on "
+                   "tid, not known to be below kThreads); the copy code (address arithmetic, zfill predicate, loop "
+                   f"control, LDGSTS) is {min(share):.0%}-{max(share):.0%} of each loop's issued instructions.")
+    for c in doc["configs"]:
+        for a, r in c["arch"].items():
+            p = r["ptxas"]
+            if p["spill_stores"] or p["spill_loads"] or p["stack"]:
+                out.append(f"{c['name']} {a} spills: {p['spill_stores']} B stores / {p['spill_loads']} B loads, "
+                           f"{p['stack']} B stack ({c['kind']}).")
+            for li, lp in enumerate(r["kernel"].get("loops", [])):
+                if lp.get("path_note"):
+                    out.append(f"{c['name']} {a} loop {li}: {lp['path_note']}.")
+                if lp.get("calls_on_path"):
+                    out.append(f"{c['name']} {a} loop {li}: {lp['calls_on_path']} CALL on the steady-state path.")
+                if lp.get("unroll", 1) != 1:
+                    out.append(f"{c['name']} {a} loop {li}: the compiler unrolled {lp['unroll']} tiles per iteration.")
+    return out
+
+
+# =============================================================================================
+# main
+# =============================================================================================
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--venv", type=Path, default=None, help="virtual environment for the disassemblers "
+                    "(default /tmp/sass-venv; created and filled by pip when missing)")
+    ap.add_argument("--cache", type=Path, default=None, help="compiled cubins (default: sass-cache beside the venv)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where sass_model.{json,md} go")
+    ap.add_argument("--configs", default=None, help="regex on configuration names (bf16_d64, bf16_d64_m64_n64_2p ...)")
+    ap.add_argument("--arch", default="80,90", help="comma-separated SM numbers (default 80,90)")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel nvcc runs (default 1)")
+    ap.add_argument("--nvcc", default=os.environ.get("CUDACXX") or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")
+    ap.add_argument("--cxx", default=os.environ.get("CXX") or "g++", help="host compiler for the config program")
+    ap.add_argument("--eigen", default="/usr/include/eigen3", help="Eigen include directory")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless every count matches loop_counts and "
+                    "no shipped configuration spills")
+    args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
+    venv = (args.venv or Path("/tmp/sass-venv")).resolve()
+    cache = (args.cache or venv.parent / "sass-cache").resolve()
+    archs = [f"sm_{a.strip()}" for a in args.arch.split(",") if a.strip()]
+    try:
+        tools = ensure_disassemblers(venv)
+        if not Path(args.nvcc).exists() and not shutil.which(args.nvcc):
+            raise Fail(f"nvcc not found ({args.nvcc}); pass --nvcc")
+        nvcc_version = run([args.nvcc, "--version"]).stdout.strip().splitlines()[-1]
+        nvdisasm_version = run([str(tools["nvdisasm"]), "--version"]).stdout.strip().splitlines()[-1]
+        with tempfile.TemporaryDirectory() as work:
+            configs = read_configs(args.cxx, args.eigen, Path(work))
+        if args.configs:
+            configs = [c for c in configs if re.search(args.configs, c["name"])]
+        if not configs:
+            raise Fail("no configuration matches --configs")
+        inc_hash = tree_hash(REPO / "include")
+        jobs = [(c, a) for c in configs for a in archs]
+        log(f"sass_model: {len(configs)} configurations x {len(archs)} architectures = {len(jobs)} TUs "
+            f"(cache {cache})")
+        results = {}
+        with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as ex:
+            futs = {ex.submit(compile_tu, c, a, args.nvcc, args.eigen, cache, inc_hash, nvcc_version): (c["name"], a)
+                    for c, a in jobs}
+            for f in concurrent.futures.as_completed(futs):
+                results[futs[f]] = f.result()
+                log(f"  {futs[f][0]} {futs[f][1]}: {'cached' if results[futs[f]]['cached'] else 'compiled'}")
+        for c in configs:
+            c["arch"] = {}
+            for a in archs:
+                r = results[(c["name"], a)]
+                c["arch"][a] = {"ptxas": parse_ptxas(r["log"], a),
+                                "kernel": analyse_kernel(disassemble(tools["nvdisasm"], r["cubin"]), c)}
+            c["check_errors"] = check_config(c)
+            c["model"] = {}
+            for dname, dev in DEVICES.items():
+                r = c["arch"].get(dev["arch"])
+                if r and "error" not in r["kernel"] and all("error" not in lp for lp in r["kernel"]["loops"]):
+                    c["model"][dname] = model_config(c, r["kernel"], dev)
+        # shipped first, then variants (the macro order within each)
+        configs.sort(key=lambda c: 0 if c["kind"] == "shipped" else 1)
+        commit = run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], check=False).stdout.strip() or "unknown"
+        dirty = bool(run(["git", "-C", str(REPO), "status", "--porcelain", "--", "include"], check=False).stdout.strip())
+        doc = {
+            "tools": {"nvcc": nvcc_version, "nvdisasm": nvdisasm_version, "commit": commit, "include_dirty": dirty,
+                      "include_hash": inc_hash, "nvcc_flags": list(NVCC_FLAGS)},
+            "archs": archs,
+            "devices": {n: {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()} for n, d in DEVICES.items()},
+            "classes": {n: {"unit": u, "opcodes": sorted(o)} for n, u, o in CLASSES},
+            "configs": configs,
+        }
+        doc["findings"] = findings(doc)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "sass_model.json").write_text(json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n")
+        (args.out / "sass_model.md").write_text(markdown(doc) + "\n")
+        bad = 0
+        for c in configs:
+            parts = []
+            for a in archs:
+                k = c["arch"][a]["kernel"]
+                per = "/".join(f"{fmt_num(lp['per_tile']['total'])}" for lp in k.get("loops", []) if "per_tile" in lp)
+                parts.append(f"{a} {c['arch'][a]['ptxas']['registers']} regs, {per} instr/tile")
+            bound = "; ".join(f"{d}: {m['bound_tflops']:.0f} TF ({m['binding']})" for d, m in c["model"].items())
+            status = "PASS" if not c["check_errors"] else "FAIL"
+            bad += bool(c["check_errors"])
+            print(f"{status} {c['name']:<24} " + "; ".join(parts) + (f" | {bound}" if bound else "") +
+                  ("" if not c["check_errors"] else "\n    " + "\n    ".join(c["check_errors"])))
+        print(f"sass_model: wrote {args.out / 'sass_model.json'} and {args.out / 'sass_model.md'}")
+        if args.check:
+            print(f"{len(configs) - bad} passed, {bad} failed")
+            return EXIT_CHECK if bad else EXIT_OK
+        return EXIT_OK
+    except Fail as e:
+        log(str(e))
+        return e.code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
