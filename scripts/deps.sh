@@ -11,6 +11,8 @@ need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
+# python3 -m venv: the SASS model's disassemblers (PyPI) and the PyTorch peer live in venvs
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 cross=()
 if [ "$(uname -m)" = x86_64 ] && [ "${DIFFATTN_CROSS:-ON}" != OFF ]; then
   command -v aarch64-linux-gnu-g++ >/dev/null || cross+=(g++-aarch64-linux-gnu)
