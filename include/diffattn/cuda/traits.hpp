@@ -32,10 +32,11 @@ constexpr bool default_single_pass(int head_dim) { return head_dim <= 64; }
 /// Query rows per block (16 per warp). 128 rows (8 warps) where the model gains: every warp still
 /// reads all of K and V from shared memory, but each block's cp.async traffic (and its L2 -> SM
 /// traffic) serves twice the rows. d = 64: 457 TF (H100) / 288 (A100) against 424 / 267 with 64
-/// rows; d = 128: 383 / 241 against 349 / 220 (32-key pass 2 in both). One block of 8 warps at up
-/// to 255 registers fills the register file (65280 of 65536), the same 8 warps per SM as two
-/// 4-warp blocks.
-constexpr int default_block_m(int head_dim) { return head_dim == 64 || head_dim == 128 ? 128 : 64; }
+/// rows; d = 96: 383 / 241 against 349 / 220; d = 128: 383 / 241 against 349 / 220 (32-key pass 2
+/// in both). d = 32 stays at 64 rows (issue-bound: 435 TF against 426 with 128 rows). One block of
+/// 8 warps at up to 255 registers fills the register file (65280 of 65536), the same 8 warps per
+/// SM as two 4-warp blocks.
+constexpr int default_block_m(int head_dim) { return head_dim >= 64 ? 128 : 64; }
 
 /// Keys per tile (of pass 2 in the two-pass form), from the model and the register report
 /// (sm_80 / sm_90):
