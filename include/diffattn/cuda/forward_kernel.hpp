@@ -171,6 +171,21 @@ struct DiffAttnForwardKernel {
     KLoader kl[2] = {KLoader(gK[0], a.k1.stride_t, tid), KLoader(gK[1], a.k2.stride_t, tid)};
     VLoader vl(gV, a.v.stride_t, tid);
 
+    // the K1, K2, V tiles of the single pass and of pass 2: the visible range, loaders moved to its
+    // first tile
+    auto kv_tiles = [&](int& nb_begin, int& nb_end) {
+      tile_range(T::kBlockN, nb_begin, nb_end);
+      kl[0].skip(nb_begin);
+      kl[1].skip(nb_begin);
+      vl.skip(nb_begin);
+    };
+    auto load_kv = [&](int stage, int nb) {
+      const std::int64_t rows = S - static_cast<std::int64_t>(nb) * T::kBlockN;
+      kl[0].load(sK(stage, 0), rows);
+      kl[1].load(sK(stage, 1), rows);
+      vl.load(sV(stage), rows);
+    };
+
     float acc[T::kOTiles][4];
     DIFFATTN_UNROLL
     for (int nt = 0; nt < T::kOTiles; ++nt)
@@ -188,16 +203,10 @@ struct DiffAttnForwardKernel {
         DIFFATTN_UNROLL
         for (int e = 0; e < 4; ++e) acc2[nt][e] = 0.f;
       int nb_begin, nb_end;
-      tile_range(T::kBlockN, nb_begin, nb_end);
-      kl[0].skip(nb_begin); kl[1].skip(nb_begin); vl.skip(nb_begin);
+      kv_tiles(nb_begin, nb_end);
       detail::stream_key_tiles(
           nb_begin, nb_end,
-          [&](int stage, int nb) {
-            const std::int64_t rows = S - static_cast<std::int64_t>(nb) * T::kBlockN;
-            kl[0].load(sK(stage, 0), rows);
-            kl[1].load(sK(stage, 1), rows);
-            vl.load(sV(stage), rows);
-          },
+          load_kv,
           [&](int stage, int nb) {
             float s[2][T::kSTiles][4];
             std::uint32_t p[2][T::kPVSteps][4];
@@ -292,17 +301,11 @@ struct DiffAttnForwardKernel {
                                  {lse[1][0], lse[1][1]}};
       acc_scale = ls;
       int nb_begin, nb_end;
-      tile_range(T::kBlockN, nb_begin, nb_end);
-      kl[0].skip(nb_begin); kl[1].skip(nb_begin); vl.skip(nb_begin);
+      kv_tiles(nb_begin, nb_end);
       simt::syncthreads();  // pass 1's last tile may still be read by other warps
       detail::stream_key_tiles(
           nb_begin, nb_end,
-          [&](int stage, int nb) {
-            const std::int64_t rows = S - static_cast<std::int64_t>(nb) * T::kBlockN;
-            kl[0].load(sK(stage, 0), rows);
-            kl[1].load(sK(stage, 1), rows);
-            vl.load(sV(stage), rows);
-          },
+          load_kv,
           [&](int stage, int nb) {
             float p[T::kSTiles][4], s[T::kSTiles][4];
             scores(s, 0, sK(stage, 0), nb);
