@@ -26,6 +26,24 @@
 
 #include "diffattn/simt/config.hpp"
 
+// AddressSanitizer must be told about every stack switch (otherwise it reports false errors: an
+// exception thrown on a fiber stack, a reused stack still poisoned by frames that never returned).
+#if defined(__SANITIZE_ADDRESS__)
+#define DIFFATTN_SIMT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DIFFATTN_SIMT_ASAN 1
+#endif
+#endif
+#ifndef DIFFATTN_SIMT_ASAN
+#define DIFFATTN_SIMT_ASAN 0
+#endif
+#if DIFFATTN_SIMT_ASAN
+#include <pthread.h>
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #if !defined(__x86_64__) || defined(DIFFATTN_SIMT_USE_UCONTEXT)
 #define DIFFATTN_SIMT_UCONTEXT 1
 #include <ucontext.h>
@@ -94,6 +112,57 @@ class StackPool {
 
 using FiberEntry = void (*)(void*);
 
+/// The stack a context runs on, for AddressSanitizer's fiber annotations (unused without ASan).
+struct StackBounds {
+  const void* bottom = nullptr;
+  std::size_t size = 0;
+};
+
+/// The calling OS thread's own stack (where the scheduler runs), once per thread.
+inline StackBounds thread_stack_bounds() {
+  thread_local StackBounds b = [] {
+    StackBounds r;
+#if DIFFATTN_SIMT_ASAN
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      void* addr = nullptr;
+      std::size_t size = 0;
+      if (pthread_attr_getstack(&attr, &addr, &size) == 0) r = StackBounds{addr, size};
+      pthread_attr_destroy(&attr);
+    }
+#endif
+    return r;
+  }();
+  return b;
+}
+
+/// Before a switch to a context on `to` (ASan: start_switch_fiber; `fake` keeps this context's
+/// fake stack, nullptr when this context never resumes).
+inline void asan_before_switch(void** fake, const StackBounds& to) {
+#if DIFFATTN_SIMT_ASAN
+  __sanitizer_start_switch_fiber(fake, to.bottom, to.size);
+#else
+  (void)fake, (void)to;
+#endif
+}
+/// After a context resumes (or a fiber starts: fake == nullptr).
+inline void asan_after_switch(void* fake) {
+#if DIFFATTN_SIMT_ASAN
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  (void)fake;
+#endif
+}
+/// A reused stack may still be poisoned by frames of a fiber that never returned (a faulted
+/// block): clear it before a new fiber runs on it.
+inline void asan_fresh_stack(const Stack& s) {
+#if DIFFATTN_SIMT_ASAN
+  __asan_unpoison_memory_region(s.base, s.size);
+#else
+  (void)s;
+#endif
+}
+
 #if !DIFFATTN_SIMT_UCONTEXT
 
 /// Saves the callee-saved registers and control words on the current stack, stores the stack
@@ -136,6 +205,7 @@ __attribute__((naked, noinline)) inline void fiber_trampoline() {
 /// A suspended execution context.
 struct Context {
   void* sp = nullptr;
+  StackBounds stack = thread_stack_bounds();  // a fiber's stack after context_make
 };
 
 /// Prepares `c` so that switching to it calls entry(arg) on `stack`, with the current thread's
@@ -159,15 +229,23 @@ inline void context_make(Context& c, const Stack& stack, FiberEntry entry, void*
   std::uint64_t ctl = mxcsr | (std::uint64_t{fpucw} << 32);
   std::memcpy(&w[-8], &ctl, sizeof ctl);
   c.sp = &w[-8];
+  c.stack = StackBounds{stack.base, stack.size};
+  asan_fresh_stack(stack);
 }
 
 /// Suspends the running context into `from` and resumes `to`.
-inline void context_switch(Context& from, Context& to) { switch_stack(&from.sp, to.sp); }
+inline void context_switch(Context& from, Context& to) {
+  void* fake = nullptr;
+  asan_before_switch(&fake, to.stack);
+  switch_stack(&from.sp, to.sp);
+  asan_after_switch(fake);
+}
 
 #else  // ucontext fallback
 
 struct Context {
   ucontext_t uc;
+  StackBounds stack = thread_stack_bounds();
 };
 
 inline void ucontext_entry(unsigned f_lo, unsigned f_hi, unsigned a_lo, unsigned a_hi);
@@ -183,9 +261,17 @@ inline void context_make(Context& c, const Stack& stack, FiberEntry entry, void*
   ::makecontext(&c.uc, reinterpret_cast<void (*)()>(&ucontext_entry), 4,
                 static_cast<unsigned>(fn & 0xffffffffu), static_cast<unsigned>(fn >> 32),
                 static_cast<unsigned>(p & 0xffffffffu), static_cast<unsigned>(p >> 32));
+  c.stack = StackBounds{stack.base, stack.size};
+  asan_fresh_stack(stack);
 }
-inline void context_switch(Context& from, Context& to) { ::swapcontext(&from.uc, &to.uc); }
+inline void context_switch(Context& from, Context& to) {
+  void* fake = nullptr;
+  asan_before_switch(&fake, to.stack);
+  ::swapcontext(&from.uc, &to.uc);
+  asan_after_switch(fake);
+}
 inline void ucontext_entry(unsigned f_lo, unsigned f_hi, unsigned a_lo, unsigned a_hi) {
+  asan_after_switch(nullptr);  // a new fiber: nothing of its own to restore
   auto fn = reinterpret_cast<FiberEntry>((std::uintptr_t{f_hi} << 32) | f_lo);
   fn(reinterpret_cast<void*>((std::uintptr_t{a_hi} << 32) | a_lo));
 }

@@ -352,6 +352,7 @@ class BlockRunner {
     Fiber* first = pop();
     first->wait = WaitKind::running;
     tls_fiber = first;
+    sched_ctx_.stack = thread_stack_bounds();  // this OS thread's stack (ASan's fiber annotations)
     context_switch(sched_ctx_, first->ctx);
     tls_fiber = nullptr;
     if (!aborted_ && exited_ != nthreads_) report_deadlock();
@@ -741,6 +742,9 @@ class BlockRunner {
 };
 
 inline void fiber_main(void* p) {
+#if !DIFFATTN_SIMT_UCONTEXT
+  asan_after_switch(nullptr);  // a new fiber (the ucontext entry does this itself)
+#endif
   Fiber* f = static_cast<Fiber*>(p);
   f->blk->run_thread(f);
   f->blk->exit_thread(f);
