@@ -1,0 +1,474 @@
+// Randomized tests of every forward backend (ctest label fuzz), seeded and time-bounded:
+//
+//   differential: random valid problems (shapes, GQA, strides with gaps, masks with any window,
+//     norms, per-head lambda, extras, threads, element types) through reference<float>,
+//     cpu::forward and the CUDA kernel under the emulator (random schedules), each against
+//     reference<double> on the same rounded inputs, every output element checked; every output
+//     buffer sits between guard elements and has gaps in its strides, all filled with a sentinel
+//     bit pattern that must survive wherever the call may not write;
+//   bad input: mutations of valid params that every backend must reject with a message, writing
+//     nothing (bitwise), and mutations that are valid and must give the right answer.
+//
+// DIFFATTN_FUZZ_SECONDS (default 20) bounds each test case's time, DIFFATTN_FUZZ_SEED (default
+// 1) picks the run; each case prints its seed, so a failure is replayed with the same seed.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <diffattn/cpu/forward.hpp>
+#include <diffattn/cuda/emulated.hpp>
+#include <diffattn/diffattn.hpp>
+
+namespace da = diffattn;
+using i64 = std::int64_t;
+
+namespace {
+
+double env_double(const char* name, double dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atof(v) : dflt;
+}
+
+/// A buffer of elements of `bytes_per` bytes with `guard` sentinel elements on both sides.
+struct Buffer {
+  static constexpr int kGuard = 16;
+  std::vector<unsigned char> raw;
+  std::size_t n = 0, bytes_per = 0;
+  Buffer() = default;
+  Buffer(std::size_t n_, std::size_t bytes_per_) : raw((n_ + 2 * kGuard) * bytes_per_ + 16), n(n_), bytes_per(bytes_per_) {}
+  unsigned char* base() {  // 16-byte aligned start of element 0
+    auto p = reinterpret_cast<std::uintptr_t>(raw.data()) + kGuard * bytes_per;
+    return reinterpret_cast<unsigned char*>((p + 15) & ~std::uintptr_t{15});
+  }
+  void* data() { return n ? base() : nullptr; }
+  void fill_sentinel() { std::memset(raw.data(), 0xA7, raw.size()); }
+  /// Element indices [0, n) where the call may write: `written`; checks the sentinel elsewhere.
+  std::size_t stray_writes(const std::vector<char>& written) {
+    std::size_t bad = 0;
+    const unsigned char* b = base();
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      const std::ptrdiff_t off = &raw[i] - b;
+      const bool inside = off >= 0 && static_cast<std::size_t>(off) < n * bytes_per;
+      if (inside && written[static_cast<std::size_t>(off) / bytes_per]) continue;
+      bad += raw[i] != 0xA7;
+    }
+    return bad;
+  }
+  bool untouched() {
+    for (unsigned char c : raw)
+      if (c != 0xA7) return false;
+    return true;
+  }
+};
+
+std::size_t elem_bytes(da::DType t) { return t == da::DType::f32 ? 4 : (t == da::DType::f64 ? 8 : 2); }
+
+void store(void* p, std::size_t i, da::DType t, double x) {
+  switch (t) {
+    case da::DType::f32: static_cast<float*>(p)[i] = static_cast<float>(x); break;
+    case da::DType::f64: static_cast<double*>(p)[i] = x; break;
+    case da::DType::f16: static_cast<da::half*>(p)[i] = da::half(static_cast<float>(x)); break;
+    default: static_cast<da::bfloat16*>(p)[i] = da::bfloat16(static_cast<float>(x)); break;
+  }
+}
+double load(const void* p, std::size_t i, da::DType t) {
+  switch (t) {
+    case da::DType::f32: return static_cast<const float*>(p)[i];
+    case da::DType::f64: return static_cast<const double*>(p)[i];
+    case da::DType::f16: return static_cast<float>(static_cast<const da::half*>(p)[i]);
+    default: return static_cast<float>(static_cast<const da::bfloat16*>(p)[i]);
+  }
+}
+double unit_roundoff(da::DType t) {
+  return t == da::DType::f16 ? 0x1p-11 : (t == da::DType::bf16 ? 0x1p-8 : (t == da::DType::f32 ? 0x1p-24 : 0x1p-53));
+}
+
+/// One random problem: sizes, layout with gaps, options; data generated once in double and
+/// stored in a backend's element type (the double reference reads the same rounded values).
+struct Case {
+  i64 B, N, S, H, Hkv, d;
+  da::MaskParams mask;
+  da::NormKind norm;
+  bool gamma, beta, per_head, extras[6];  // lse1 lse2 attn o2 rstd mean
+  double lambda_init, eps = 1e-5, scale = 0;
+  i64 gap_h, gap_t, gap_b;  // element gaps in head, token and batch strides
+  std::uint64_t seed;
+  std::string str() const {
+    char b[320];
+    std::snprintf(b, sizeof b,
+                  "seed %llu: B=%lld N=%lld S=%lld H=%lld Hkv=%lld d=%lld mask=%d(%lld,%lld) norm=%d gamma=%d beta=%d "
+                  "per_head=%d lambda_init=%g extras=%d%d%d%d%d%d gaps=%lld,%lld,%lld",
+                  (unsigned long long)seed, (long long)B, (long long)N, (long long)S, (long long)H, (long long)Hkv,
+                  (long long)d, int(mask.kind), (long long)mask.window_left, (long long)mask.window_right, int(norm),
+                  gamma, beta, per_head, lambda_init, extras[0], extras[1], extras[2], extras[3], extras[4], extras[5],
+                  (long long)gap_h, (long long)gap_t, (long long)gap_b);
+    return b;
+  }
+};
+
+Case random_case(std::uint64_t seed, const std::vector<i64>& dims) {
+  std::mt19937_64 r(seed);
+  auto pick = [&](i64 lo, i64 hi) { return std::uniform_int_distribution<i64>(lo, hi)(r); };
+  Case c{};
+  c.seed = seed;
+  c.B = pick(1, 2);
+  c.N = pick(1, 3) == 1 ? pick(1, 8) : pick(1, 80);
+  c.S = pick(1, 3) == 1 ? pick(1, 8) : pick(1, 80);
+  c.Hkv = pick(1, 2);
+  c.H = c.Hkv * pick(1, 3);
+  c.d = dims[static_cast<std::size_t>(pick(0, static_cast<i64>(dims.size()) - 1))];
+  c.mask.kind = static_cast<da::MaskKind>(pick(0, 2));
+  if (c.mask.kind == da::MaskKind::window) {
+    c.mask.window_left = pick(-1, 40);
+    c.mask.window_right = c.mask.window_left < 0 ? pick(0, 40) : pick(-1, 40);  // both unbounded is no mask
+  }
+  c.norm = static_cast<da::NormKind>(pick(0, 2));
+  c.gamma = c.norm != da::NormKind::none && pick(0, 1);
+  c.beta = c.norm == da::NormKind::group && pick(0, 1);
+  c.per_head = pick(0, 1);
+  for (bool& e : c.extras) e = pick(0, 2) == 0;
+  c.lambda_init = std::uniform_real_distribution<double>(-1, 1)(r);
+  if (pick(0, 3) == 0) c.scale = std::uniform_real_distribution<double>(0.05, 0.5)(r);
+  c.gap_h = pick(0, 2) * 8;  // multiples of 8 elements keep 16-byte alignment for CUDA
+  c.gap_t = pick(0, 2) * 8;
+  c.gap_b = pick(0, 1) * 8;
+  return c;
+}
+
+/// Buffers and Params of a case in one element type (outputs poisoned, guards around each).
+struct Run {
+  da::DType dt;
+  Buffer q, k, v, out, side[6];
+  std::vector<float> lam, gamma, beta;
+  std::vector<double> lam_d, gamma_d, beta_d;
+  da::Params p;
+  std::vector<char> out_mask;  // which elements of `out` the call writes
+  i64 qs_h, qs_t, qs_b, ks_h, ks_t, ks_b, vs_h, vs_t, vs_b, os_h, os_t, os_b;
+
+  Run(const Case& c, da::DType t) : dt(t) {
+    std::mt19937_64 r(c.seed * 7919 + 1);
+    std::normal_distribution<double> nd(0, 1);
+    const i64 d = c.d, dv = 2 * d;
+    // token-major [B, T, H, 2d] layouts with gaps: q = (q1 | q2) per head, k likewise
+    qs_h = 2 * d + c.gap_h; qs_t = c.H * qs_h + c.gap_t; qs_b = c.N * qs_t + c.gap_b;
+    ks_h = 2 * d + c.gap_h; ks_t = c.Hkv * ks_h + c.gap_t; ks_b = c.S * ks_t + c.gap_b;
+    vs_h = dv + c.gap_h; vs_t = c.Hkv * vs_h + c.gap_t; vs_b = c.S * vs_t + c.gap_b;
+    os_h = dv + c.gap_h; os_t = c.H * os_h + c.gap_t; os_b = c.N * os_t + c.gap_b;
+    const std::size_t eb = elem_bytes(t);
+    q = Buffer(static_cast<std::size_t>(c.B * qs_b), eb);
+    k = Buffer(static_cast<std::size_t>(c.B * ks_b), eb);
+    v = Buffer(static_cast<std::size_t>(c.B * vs_b), eb);
+    out = Buffer(static_cast<std::size_t>(c.B * os_b), eb);
+    // the same values for every element type: drawn in double, rounded to bf16 (exact in all)
+    auto fill = [&](Buffer& b, double sc) {
+      std::mt19937_64 rr(c.seed * 31 + b.n);
+      std::normal_distribution<double> n1(0, sc);
+      for (std::size_t i = 0; i < b.n; ++i) store(b.data(), i, t, static_cast<float>(da::bfloat16(static_cast<float>(n1(rr)))));
+    };
+    fill(q, 1.0); fill(k, 1.0); fill(v, 1.0);
+    const std::size_t nl = static_cast<std::size_t>((c.per_head ? c.H : 1) * d);
+    for (auto* x : {&lam_d}) x->resize(4 * nl);
+    std::mt19937_64 rl(c.seed * 13 + 5);
+    std::normal_distribution<double> nl1(0, 0.1);
+    for (double& x : lam_d) x = static_cast<float>(nl1(rl));
+    gamma_d.resize(static_cast<std::size_t>(dv));
+    beta_d.resize(static_cast<std::size_t>(dv));
+    for (double& x : gamma_d) x = static_cast<float>(1 + 0.5 * nl1(rl) * 10);
+    for (double& x : beta_d) x = static_cast<float>(nl1(rl) * 5);
+    lam.assign(lam_d.begin(), lam_d.end());
+    gamma.assign(gamma_d.begin(), gamma_d.end());
+    beta.assign(beta_d.begin(), beta_d.end());
+    const bool dbl = t == da::DType::f64;
+    const std::size_t rows = static_cast<std::size_t>(c.B * c.H * c.N), sb = dbl ? 8 : 4;
+    const std::size_t side_n[6] = {rows, rows, rows * dv, rows * dv, rows, rows};
+    for (int e = 0; e < 6; ++e) side[e] = Buffer(c.extras[e] ? side_n[e] : 0, sb);
+    for (auto& b : side) b.fill_sentinel();
+    out.fill_sentinel();
+    out_mask.assign(out.n, 0);
+    for (i64 b = 0; b < c.B; ++b)
+      for (i64 i = 0; i < c.N; ++i)
+        for (i64 h = 0; h < c.H; ++h)
+          for (i64 x = 0; x < dv; ++x) out_mask[static_cast<std::size_t>(b * os_b + i * os_t + h * os_h + x)] = 1;
+
+    p.batch = c.B; p.seqlen_q = c.N; p.seqlen_k = c.S; p.heads = c.H; p.kv_heads = c.Hkv; p.head_dim = d;
+    p.dtype = t;
+    p.softmax_scale = c.scale;
+    auto* qb = static_cast<unsigned char*>(q.data());
+    auto* kb = static_cast<unsigned char*>(k.data());
+    p.q1 = {qb, qs_b, qs_t, qs_h};
+    p.q2 = {qb + d * eb, qs_b, qs_t, qs_h};
+    p.k1 = {kb, ks_b, ks_t, ks_h};
+    p.k2 = {kb + d * eb, ks_b, ks_t, ks_h};
+    p.v = {v.data(), vs_b, vs_t, vs_h};
+    p.out = {out.data(), os_b, os_t, os_h};
+    p.mask = c.mask;
+    const void* lv = dbl ? static_cast<const void*>(lam_d.data()) : lam.data();
+    const std::size_t step = nl * (dbl ? 8 : 4);
+    p.lambda = {lv, static_cast<const unsigned char*>(lv) + step, static_cast<const unsigned char*>(lv) + 2 * step,
+                static_cast<const unsigned char*>(lv) + 3 * step, c.per_head, c.lambda_init};
+    p.norm.kind = c.norm;
+    p.norm.eps = c.eps;
+    p.norm.gamma = c.gamma ? (dbl ? static_cast<const void*>(gamma_d.data()) : gamma.data()) : nullptr;
+    p.norm.beta = c.beta ? (dbl ? static_cast<const void*>(beta_d.data()) : beta.data()) : nullptr;
+    void* ex[6];
+    for (int e = 0; e < 6; ++e) ex[e] = side[e].data();
+    p.extras = {ex[0], ex[1], ex[2], ex[3], ex[4], ex[5]};
+  }
+
+  /// Nothing outside the output's elements and the requested extras was written.
+  std::size_t stray() {
+    std::size_t bad = out.stray_writes(out_mask);
+    for (auto& b : side) bad += b.stray_writes(std::vector<char>(b.n, 1));
+    return bad;
+  }
+  bool untouched() {
+    bool ok = out.untouched();
+    for (auto& b : side) ok = ok && b.untouched();
+    return ok;
+  }
+  double out_at(const Case& c, i64 b, i64 i, i64 h, i64 x) const {
+    return load(const_cast<Buffer&>(out).base(), static_cast<std::size_t>(b * os_b + i * os_t + h * os_h + x), dt);
+  }
+  double side_at(int e, std::size_t i) const {
+    const void* p0 = const_cast<Buffer&>(side[e]).base();
+    return dt == da::DType::f64 ? static_cast<const double*>(p0)[i] : static_cast<const float*>(p0)[i];
+  }
+};
+
+/// Every element of a backend's run against the double reference (ref: a Run in f64 with every
+/// extra requested). u: the element type's unit roundoff; p_rounded: P is rounded to it before
+/// P V (tensor-core kernels). Returns the number of bad elements (reported with CHECKs).
+std::size_t compare(const Case& c, Run& got, Run& ref, double u, bool p_rounded, const std::string& who) {
+  INFO(who << ", " << c.str());
+  const i64 dv = 2 * c.d;
+  std::size_t bad = 0;
+  double vmax = 0;
+  for (std::size_t i = 0; i < ref.v.n; ++i) vmax = std::max(vmax, std::fabs(load(ref.v.base(), i, da::DType::f64)));
+  // the error of A: fp32 accumulation (a few ulps of the sum of |P V|), and, where P is rounded
+  // to 16 bits, u of each |P_c V| term: at most (1 + |lambda|) u max|V| per row
+  double lam_max = 0;
+  for (i64 h = 0; h < (c.per_head ? c.H : 1); ++h) {
+    double dot[2] = {0, 0};
+    for (i64 x = 0; x < c.d; ++x)
+      for (int j = 0; j < 2; ++j) dot[j] += ref.lam_d[(2 * j) * (ref.lam_d.size() / 4) + h * c.d + x] * ref.lam_d[(2 * j + 1) * (ref.lam_d.size() / 4) + h * c.d + x];
+    lam_max = std::max(lam_max, std::fabs(std::exp(dot[0]) - std::exp(dot[1]) + c.lambda_init));
+  }
+  const double tol_a = (1 + lam_max) * vmax * ((p_rounded ? 2 * u : 0) + 1e-5);
+  double gmax = 1;
+  for (double g : ref.gamma_d) gmax = std::max(gmax, std::fabs(g));
+  for (i64 b = 0; b < c.B; ++b)
+    for (i64 h = 0; h < c.H; ++h)
+      for (i64 i = 0; i < c.N; ++i) {
+        const std::size_t row = static_cast<std::size_t>((b * c.H + h) * c.N + i);
+        const double rstd = ref.side_at(4, row);
+        // y = (A - mean) rstd gamma (+ beta): an error e in A moves y by at most about 2 e rstd |gamma|
+        const double tol_y = std::fabs(1 - c.lambda_init) * (3 * tol_a * rstd * gmax) + 1e-6;
+        for (i64 x = 0; x < dv; ++x) {
+          const double want = ref.out_at(c, b, i, h, x), have = got.out_at(c, b, i, h, x);
+          const double tol = tol_y + 2 * u * std::fabs(want);
+          if (!(std::fabs(have - want) <= tol)) {
+            if (bad < 3) CHECK_MESSAGE(false, "out (" << b << "," << i << "," << h << "," << x << ") = " << have << ", want " << want << " (tol " << tol << ")");
+            ++bad;
+          }
+        }
+        auto check_side = [&](int e, std::size_t idx, double tol, const char* name) {
+          if (!c.extras[e]) return;
+          const double want = ref.side_at(e, idx), have = got.side_at(e, idx);
+          const bool same_inf = std::isinf(want) && have == want;
+          if (!same_inf && !(std::fabs(have - want) <= tol)) {
+            if (bad < 3) CHECK_MESSAGE(false, name << "[" << idx << "] = " << have << ", want " << want << " (tol " << tol << ")");
+            ++bad;
+          }
+        };
+        const double lse_tol = 1e-4 * (1 + std::fabs(ref.side_at(0, row))) + 1e-3;
+        check_side(0, row, lse_tol, "lse1");
+        check_side(1, row, 1e-4 * (1 + std::fabs(ref.side_at(1, row))) + 1e-3, "lse2");
+        check_side(4, row, 3 * tol_a * rstd * rstd + 1e-5 * rstd, "rstd");
+        check_side(5, row, tol_a + 1e-6, "mean");
+        for (i64 x = 0; x < dv; ++x) {
+          check_side(2, row * dv + x, tol_a, "attn");
+          check_side(3, row * dv + x, vmax * ((p_rounded ? 2 * u : 0) + 1e-5), "o2");
+        }
+      }
+  return bad;
+}
+
+template <class F>
+void for_a_while(const char* what, F&& one) {
+  const double seconds = env_double("DIFFATTN_FUZZ_SECONDS", 20);
+  const std::uint64_t seed0 = static_cast<std::uint64_t>(env_double("DIFFATTN_FUZZ_SEED", 1));
+  const auto t0 = std::chrono::steady_clock::now();
+  int n = 0;
+  for (std::uint64_t s = seed0 * 1000003;; ++s) {
+    one(s);
+    ++n;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (el > seconds || n >= 100000) break;
+  }
+  MESSAGE(std::string(what) << ": " << n << " random cases in " << seconds << " s or less (DIFFATTN_FUZZ_SECONDS)");
+  CHECK(n >= 10);  // a run that tried next to nothing is not a pass
+}
+
+Run reference_run(const Case& c) {
+  Case all = c;
+  for (bool& e : all.extras) e = true;
+  all.extras[3] = true;
+  Run ref(all, da::DType::f64);
+  const da::Status st = da::reference::forward<double>(ref.p);
+  INFO(c.str() << ": " << st.to_string());
+  REQUIRE(st.ok());
+  return ref;
+}
+
+}  // namespace
+
+TEST_CASE("differential: reference<float>, cpu::forward and the emulated CUDA kernel vs reference<double>") {
+  std::size_t runs[3] = {0, 0, 0};
+  for_a_while("differential", [&](std::uint64_t seed) {
+    std::mt19937_64 r(seed ^ 0xABCDEF);
+    const int backend = static_cast<int>(seed % 3);
+    const std::vector<i64> dims = backend == 2 ? std::vector<i64>{32, 64} : std::vector<i64>{8, 16, 24, 40, 64};
+    Case c = random_case(seed, dims);
+    const da::DType types[3] = {da::DType::f32, da::DType::bf16, da::DType::f16};
+    const da::DType t = backend == 0 ? da::DType::f32 : types[backend == 2 ? 1 + seed / 3 % 2 : seed / 3 % 3];
+    Run ref = reference_run(c);
+    Run got(c, t);
+    da::Status st;
+    std::string who;
+    if (backend == 0) {
+      who = "reference<float>";
+      st = da::reference::forward<float>(got.p);
+    } else if (backend == 1) {
+      da::cpu::Options o;
+      o.num_threads = 1 + static_cast<int>(seed / 7 % 2);
+      who = std::string("cpu::forward ") + da::dtype_name(t) + " threads " + std::to_string(o.num_threads);
+      st = da::cpu::forward(got.p, o);
+    } else {
+      da::simt::emu::LaunchConfig cfg;
+      cfg.schedule = seed % 2 ? da::simt::emu::Schedule::random : da::simt::emu::Schedule::deterministic;
+      cfg.seed = seed;
+      who = std::string("cuda (emulated) ") + da::dtype_name(t);
+      st = da::cuda::emulated_forward(got.p, cfg);
+    }
+    INFO(who << ", " << c.str() << ": " << st.to_string());
+    const bool two_pass_o2 = backend == 2 && c.extras[3] && c.d > 64;
+    if (two_pass_o2) {
+      CHECK(!st.ok());
+    } else {
+      REQUIRE(st.ok());
+    }
+    CHECK(got.stray() == 0);
+    if (st.ok()) {
+      // tensor-core kernels (and the CPU's AMX path) round P to the element type before P V
+      compare(c, got, ref, unit_roundoff(t), t != da::DType::f32, who);
+      ++runs[backend];
+    } else {
+      CHECK(!st.message().empty());
+      CHECK(got.untouched());
+    }
+  });
+  MESSAGE("runs: reference<float> " << runs[0] << ", cpu " << runs[1] << ", cuda emulated " << runs[2]);
+  CHECK(runs[0] > 0);
+  CHECK(runs[1] > 0);
+  CHECK(runs[2] > 0);
+}
+
+namespace {
+
+/// A mutation of valid params: apply(p) makes them invalid; every backend must reject them.
+struct Mutation {
+  const char* name;
+  std::function<void(da::Params&)> apply;
+};
+
+std::vector<Mutation> invalid_mutations() {
+  return {
+      {"q1 null", [](da::Params& p) { p.q1.ptr = nullptr; }},
+      {"k2 null", [](da::Params& p) { p.k2.ptr = nullptr; }},
+      {"v null", [](da::Params& p) { p.v.ptr = nullptr; }},
+      {"out null", [](da::Params& p) { p.out.ptr = nullptr; }},
+      {"lambda lq1 null", [](da::Params& p) { p.lambda.lq1 = nullptr; }},
+      {"batch 0", [](da::Params& p) { p.batch = 0; }},
+      {"seqlen_q negative", [](da::Params& p) { p.seqlen_q = -3; }},
+      {"seqlen_k 0", [](da::Params& p) { p.seqlen_k = 0; }},
+      {"heads not a multiple of kv_heads", [](da::Params& p) { p.kv_heads = 2; p.heads = 3; }},
+      {"kv_heads 0", [](da::Params& p) { p.kv_heads = 0; }},
+      {"huge heads with per-head lambda", [](da::Params& p) { p.heads = p.kv_heads * (i64{1} << 60); p.lambda.per_head = true; }},
+      {"head_dim 0", [](da::Params& p) { p.head_dim = 0; }},
+      {"head_dim 1000", [](da::Params& p) { p.head_dim = 1000; }},
+      {"dtype out of range", [](da::Params& p) { p.dtype = static_cast<da::DType>(42); }},
+      {"mask kind out of range", [](da::Params& p) { p.mask.kind = static_cast<da::MaskKind>(9); }},
+      {"window set without window mask", [](da::Params& p) { p.mask.kind = da::MaskKind::none; p.mask.window_left = 3; }},
+      {"window side below -1", [](da::Params& p) { p.mask.kind = da::MaskKind::window; p.mask.window_left = -7; }},
+      {"norm kind out of range", [](da::Params& p) { p.norm.kind = static_cast<da::NormKind>(5); }},
+      {"eps 0", [](da::Params& p) { p.norm.kind = da::NormKind::rms; p.norm.eps = 0; }},
+      {"eps NaN", [](da::Params& p) { p.norm.kind = da::NormKind::rms; p.norm.eps = NAN; }},
+      {"lambda_init NaN", [](da::Params& p) { p.lambda.lambda_init = NAN; }},
+      {"softmax_scale NaN", [](da::Params& p) { p.softmax_scale = NAN; }},
+      {"softmax_scale infinite", [](da::Params& p) { p.softmax_scale = INFINITY; }},
+      {"softmax_scale negative", [](da::Params& p) { p.softmax_scale = -0.3; }},
+      {"seqlen_k 2^40", [](da::Params& p) { p.seqlen_k = i64{1} << 40; }},
+      {"batch * seqlen overflow", [](da::Params& p) { p.batch = i64{1} << 40; p.seqlen_q = i64{1} << 40; }},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("bad input: every backend rejects each mutation with a message and writes nothing") {
+  const auto muts = invalid_mutations();
+  std::size_t rejected = 0;
+  for_a_while("bad input", [&](std::uint64_t seed) {
+    Case c = random_case(seed, {32, 64});
+    const Mutation& m = muts[seed % muts.size()];
+    const int backend = static_cast<int>(seed / muts.size() % 3);
+    const da::DType t = backend == 2 ? da::DType::bf16 : da::DType::f32;
+    Run got(c, t);
+    m.apply(got.p);
+    da::Status st;
+    const std::string who = backend == 0 ? "reference" : (backend == 1 ? "cpu" : "cuda (emulated)");
+    if (backend == 0) st = da::reference::forward<float>(got.p);
+    else if (backend == 1) st = da::cpu::forward(got.p);
+    else st = da::cuda::emulated_forward(got.p);
+    INFO(who << ", mutation '" << std::string(m.name) << "', " << c.str() << ": " << st.to_string());
+    CHECK(!st.ok());
+    CHECK(!st.message().empty());
+    CHECK(got.untouched());
+    rejected += !st.ok();
+  });
+  MESSAGE(rejected << " mutated calls rejected, " << muts.size() << " kinds of mutation");
+}
+
+TEST_CASE("valid but unusual input is accepted and correct: broadcast keys (token stride 0), Q2 = Q1 and K2 = K1") {
+  for_a_while("unusual input", [&](std::uint64_t seed) {
+    Case c = random_case(seed, {16, 32});
+    Run ref = reference_run(c);
+    Run got(c, da::DType::f32);
+    const bool broadcast = seed % 2;
+    auto apply = [&](da::Params& p) {
+      if (broadcast) {  // every key and value is token 0's
+        p.k1.stride_t = p.k2.stride_t = p.v.stride_t = 0;
+      } else {  // both softmaxes the same: A = (1 - lambda) P V
+        p.q2 = p.q1;
+        p.k2 = p.k1;
+      }
+    };
+    apply(ref.p);
+    const da::Status rs = da::reference::forward<double>(ref.p);
+    INFO(c.str() << ": reference " << rs.to_string());
+    REQUIRE(rs.ok());
+    apply(got.p);
+    const da::Status st = da::cpu::forward(got.p);
+    INFO(c.str() << (broadcast ? " broadcast keys" : " Q2 = Q1, K2 = K1") << ": " << st.to_string());
+    REQUIRE(st.ok());
+    CHECK(got.stray() == 0);
+    compare(c, got, ref, unit_roundoff(da::DType::f32), false, "cpu::forward");
+  });
+}
