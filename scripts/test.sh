@@ -10,3 +10,5 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDIFFATTN_CUDA="${DIFFA
       -DDIFFATTN_BUILD_TESTS=ON -DDIFFATTN_BUILD_BENCH=ON -DDIFFATTN_BUILD_EXAMPLES=ON
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@"
+# ASan + UBSan and TSan builds of the host suites (DIFFATTN_SANITIZE=OFF skips them)
+if [ "${DIFFATTN_SANITIZE:-ON}" != OFF ]; then "$root/scripts/sanitize.sh"; fi

@@ -139,6 +139,27 @@ TEST_CASE("cuda forward on a GPU: rejected input launches nothing and writes not
   for (auto x : pr.out) REQUIRE(std::isnan(static_cast<float>(x)));
 }
 
+TEST_CASE("cuda forward on a GPU: forward_config validates like forward (odd strides, wrong head dim)") {
+  // forward_config<Traits> is the entry for a user's own configuration: it used to launch
+  // without validation, so an odd stride faulted at cp.async and at the 4-byte output stores
+  using Tr = da::cuda::ForwardTraits<da::simt::fmt16::f16, 64>;
+  Shape s;
+  s.N = 9; s.S = 9; s.d = 64;
+  Problem<da::half> pr(s, 1);
+  da::Params p = pr.params();
+  p.extras.o2 = nullptr;
+  p.out.stride_t += 1;  // not a multiple of 8 elements (16 bytes)
+  da::Status st = da::cuda::forward_config<Tr>(p, nullptr);
+  CHECK(st.code() == da::StatusCode::invalid_argument);
+  CHECK(st.message().find("out") != std::string::npos);
+  p = pr.params();
+  p.extras.o2 = nullptr;
+  p.head_dim = 32;  // not this configuration's
+  st = da::cuda::forward_config<Tr>(p, nullptr);
+  CHECK(!st.ok());
+  for (auto x : pr.out) REQUIRE(std::isnan(static_cast<float>(x)));
+}
+
 int main(int argc, char** argv) {
   doctest::Context ctx(argc, argv);
   const int rc = ctx.run();

@@ -335,10 +335,18 @@ TEST_CASE("differential: reference<float>, cpu::forward and the emulated CUDA ke
   for_a_while("differential", [&](std::uint64_t seed) {
     std::mt19937_64 r(seed ^ 0xABCDEF);
     const int backend = static_cast<int>(seed % 3);
-    const std::vector<i64> dims = backend == 2 ? std::vector<i64>{32, 64} : std::vector<i64>{8, 16, 24, 40, 64};
+    // CUDA: the configurations this build has (DIFFATTN_CUDA_HEAD_DIMS / _DTYPES), d <= 64 for speed
+    std::vector<std::pair<da::DType, i64>> cuda_cfgs;
+#define DIFFATTN_X(fmt, dd) \
+  if (dd <= 64) cuda_cfgs.emplace_back(da::DType::fmt, i64{dd});
+    DIFFATTN_CUDA_FORWARD_CONFIGS(DIFFATTN_X)
+#undef DIFFATTN_X
+    REQUIRE(!cuda_cfgs.empty());
+    const auto cuda_cfg = cuda_cfgs[seed / 3 % cuda_cfgs.size()];
+    const std::vector<i64> dims = backend == 2 ? std::vector<i64>{cuda_cfg.second} : std::vector<i64>{8, 16, 24, 40, 64};
     Case c = random_case(seed, dims);
     const da::DType types[3] = {da::DType::f32, da::DType::bf16, da::DType::f16};
-    const da::DType t = backend == 0 ? da::DType::f32 : types[backend == 2 ? 1 + seed / 3 % 2 : seed / 3 % 3];
+    const da::DType t = backend == 0 ? da::DType::f32 : (backend == 2 ? cuda_cfg.first : types[seed / 3 % 3]);
     Run ref = reference_run(c);
     Run got(c, t);
     da::Status st;
