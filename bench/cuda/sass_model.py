@@ -906,7 +906,7 @@ def markdown(doc: dict) -> str:
             ("inner loops", lambda lp: lp["inner_loops"])]
     for a in archs:
         w(f"## Per-tile counts, one warp, {a}\n")
-        w("(exp) = Traits::loop_counts(i). Inner loops > 0: the loop holds runtime-trip-count loops (today the "
+        w("(exp) = Traits::loop_counts(i). Inner loops > 0: the loop holds runtime-trip-count loops (the first kernel's "
           "`load_tile` copy loops), counted once per tile at their real trip count.\n")
         w("| config | loop | " + " | ".join(n for n, _ in cols) + " |")
         w("|---|---|" + "---|" * len(cols))
