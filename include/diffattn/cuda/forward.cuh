@@ -25,6 +25,16 @@ namespace detail {
 /// Launches one configuration; params must already be valid for it.
 template <class Traits>
 Status launch_forward(const Params& p, cudaStream_t stream) {
+  // 128-row blocks at d >= 64 take up to 135 KiB of shared memory (traits.hpp): more than sm_86
+  // and sm_89 parts allow (99 KiB). Say so instead of failing the launch with "invalid argument".
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess &&
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
+      optin > 0 && Traits::kSmemBytes > optin)
+    return Status::Unsupported("cuda forward: head_dim " + std::to_string(Traits::kHeadDim) + " needs " +
+                               std::to_string(Traits::kSmemBytes) + " bytes of shared memory per block; this device "
+                               "allows " + std::to_string(optin) + " (a 64-row ForwardTraits through forward_config "
+                               "fits)");
   const simt::dim3 grid(static_cast<unsigned>((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),
                         static_cast<unsigned>(p.batch * p.heads));
   const cudaError_t e = simt::launch_device(grid, simt::dim3(Traits::kThreads), Traits::kSmemBytes, stream,
