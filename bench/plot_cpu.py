@@ -27,10 +27,11 @@ import shlex
 import subprocess
 import sys
 
-NAME = re.compile(r"^(cpu|reference)_forward/(\w+)/(\w+)/d:(\d+)/N:(\d+)")
-PEER_NAME = re.compile(r"^pytorch_(four_sdpa|two_sdpa)/(\w+)/(\w+)/d:(\d+)/N:(\d+)")
+NAME = re.compile(r"^(cpu|reference)_forward(_v2)?/(\w+)/(\w+)/d:(\d+)/N:(\d+)")
+PEER_NAME = re.compile(r"^pytorch_(four_sdpa|two_sdpa|v2_sdpa)/(\w+)/(\w+)/d:(\d+)/N:(\d+)")
 PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytorch_composition.py")
 PEERS = ("pytorch four_sdpa", "pytorch two_sdpa")
+BACKENDS_V2 = ("reference v2", "cpu v2", "pytorch v2_sdpa")
 
 
 def run(bench, out_json, extra):
@@ -52,8 +53,8 @@ def load(path):
             continue
         m = NAME.match(name)
         if m:
-            backend, dtype, mask, d, n = m.groups()
-            rows[(backend, dtype, mask, int(d), int(n))] = g
+            backend, v2, dtype, mask, d, n = m.groups()
+            rows[(backend + (" v2" if v2 else ""), dtype, mask, int(d), int(n))] = g
     return data.get("context", {}), rows, peaks
 
 
@@ -95,7 +96,8 @@ def table(ctx, rows, peaks, peer_ctx=None):
                  + f" (FMA loop: {ctx.get('fma_peak_isa', '?')}, {ctx.get('bench_threads', threads)} threads)")
     lines.append("")
     lines.append("GFLOP/s (B = 1, H = 8, N = S; reference = reference::forward<float>, 1 thread; "
-                 "cpu = cpu::forward, all threads)")
+                 "cpu = cpu::forward, all threads; the v2 rows: DIFF V2 at the same model width, 16 "
+                 "output heads of d, counted 8 N S d per head)")
     if peer_ctx:
         backends = "; ".join(f"{form}: SDPA {'/'.join(sorted(str(b) for b in bs))} backend"
                              for form, bs in sorted(peer_ctx.get("backends", {}).items()))
@@ -121,7 +123,7 @@ def table(ctx, rows, peaks, peer_ctx=None):
     for dtype in ("f32", "bf16", "f16"):
         for mask in ("none", "causal", "window"):
             for d in sorted({k[3] for k in rows}):
-                for backend in ("reference", "cpu") + PEERS:
+                for backend in ("reference", "cpu") + PEERS + BACKENDS_V2:
                     vals = [rows.get((backend, dtype, mask, d, n)) for n in ns]
                     if all(v is None for v in vals):
                         continue
@@ -134,6 +136,13 @@ def table(ctx, rows, peaks, peer_ctx=None):
                 if any(r is not None for r in ratios):
                     cells = " | ".join("-" if r is None else f"{r:.2f}x" for r in ratios)
                     lines.append(f"| {dtype} | {mask} | {d} | cpu / four_sdpa | {cells} |")
+                ratios = [None if rows.get(("cpu v2", dtype, mask, d, n)) is None
+                          or not rows.get(("pytorch v2_sdpa", dtype, mask, d, n))
+                          else rows[("cpu v2", dtype, mask, d, n)] / rows[("pytorch v2_sdpa", dtype, mask, d, n)]
+                          for n in ns]
+                if any(r is not None for r in ratios):
+                    cells = " | ".join("-" if r is None else f"{r:.2f}x" for r in ratios)
+                    lines.append(f"| {dtype} | {mask} | {d} | cpu v2 / v2_sdpa | {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,11 @@ use torch.nn.functional.scaled_dot_product_attention:
 
     four_sdpa   V split into halves of d, four SDPA calls: THE peer (the official FA2 code)
     two_sdpa    one SDPA call per component with V of 2d
+    v2_sdpa     DIFF Transformer V2 (microsoft/unilm Diff-Transformer-V2) as its users run it:
+                ONE SDPA call with 2H' query heads (pairs 2h, 2h+1) against Hkv KV heads of d
+                (enable_gqa), then out_h = O_2h - sigmoid(z_h) O_2h+1 with z [B, N, H'] fp32;
+                no norm. H' = 2H output heads: the model width of V1's H diff heads (H 2d =
+                H' d). Counted as 8 N S d per output head (SPEC.md's V2 count).
 
 on the official layout (SPEC.md): q [B, N, 2H, d] (query heads 2h and 2h+1 are q1 and q2 of
 diff head h), k [B, S, 2Hkv, d], v [B, S, Hkv, 2d], out [B, N, H, 2d], Hkv = H, N = S, causal
@@ -44,7 +49,7 @@ import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FORMS = ("four_sdpa", "two_sdpa")
+FORMS = ("four_sdpa", "two_sdpa", "v2_sdpa")
 EPS = 1e-5
 
 
@@ -81,8 +86,8 @@ def visible_pairs(n, s, causal):
     return sum(min(s, max(0, i + s - n + 1)) for i in range(n))
 
 
-def flops(b, h, n, s, d, causal):
-    return 12.0 * d * visible_pairs(n, s, causal) * b * h
+def flops(b, h, n, s, d, causal, v2=False):
+    return (8.0 if v2 else 12.0) * d * visible_pairs(n, s, causal) * b * h
 
 
 # ----------------------------------------------------------------------------- the composition
@@ -136,6 +141,60 @@ def make_forms(torch, q, k, v, gamma, lam, lambda_init, causal):
         return norm(sdpa(q1, k1, vt) - lam * sdpa(q2, k2, vt)).reshape(b, n, h2 // 2, 2 * d)
 
     return {"four_sdpa": four_sdpa, "two_sdpa": two_sdpa}
+
+
+def make_v2_inputs(torch, b, n, s, h, hkv, d, dtype, device, seed=0):
+    """DIFF V2: q [B,N,2H,d] (pair h = query heads 2h, 2h+1), k and v [B,S,Hkv,d], logits [B,N,H] fp32."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(b, n, 2 * h, d, device=device, dtype=dtype, generator=g)
+    k = torch.randn(b, s, hkv, d, device=device, dtype=dtype, generator=g)
+    v = torch.randn(b, s, hkv, d, device=device, dtype=dtype, generator=g)
+    z = 1.5 * torch.randn(b, n, h, device=device, dtype=torch.float32, generator=g)
+    return q, k, v, z
+
+
+def make_v2_form(torch, q, k, v, z, causal):
+    """DIFF V2 as one SDPA call (2H query heads, GQA onto Hkv) and a subtraction: out [B, N, H, d]."""
+    F = torch.nn.functional
+    b, n, h2, d = q.shape
+    s = k.shape[1]
+    if not causal:
+        mask = {}
+    elif n == s:
+        mask = {"is_causal": True}
+    else:
+        from torch.nn.attention.bias import causal_lower_right
+        mask = {"attn_mask": causal_lower_right(n, s)}
+    gqa = {"enable_gqa": True} if h2 != k.shape[2] else {}
+    lam = torch.sigmoid(z).to(q.dtype).unsqueeze(-1)  # [B, N, H, 1]
+
+    def v2_sdpa():
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **mask, **gqa)
+        o = o.transpose(1, 2).reshape(b, n, h2 // 2, 2, d)
+        return o[:, :, :, 0] - lam * o[:, :, :, 1]
+
+    return v2_sdpa
+
+
+def naive_v2_forward(torch, q, k, v, z, causal):
+    """DIFF V2 written out in float64: out [B, N, H, d]."""
+    q, k, v, z = q.double(), k.double(), v.double(), z.double()
+    b, n, h2, d = q.shape
+    s, hkv = k.shape[1], k.shape[2]
+    h = h2 // 2
+    rep = h // hkv
+    i = torch.arange(n, device=q.device).view(n, 1)
+    j = torch.arange(s, device=q.device).view(1, s)
+    visible = (j <= i + (s - n)) if causal else torch.ones(n, s, dtype=torch.bool, device=q.device)
+    out = torch.empty(b, n, h, d, dtype=torch.float64, device=q.device)
+    for hh in range(h):
+        o = []
+        for c in (0, 1):
+            scores = torch.einsum("bnd,bsd->bns", q[:, :, 2 * hh + c], k[:, :, hh // rep]) / math.sqrt(d)
+            p = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1)
+            o.append(torch.einsum("bns,bse->bne", p, v[:, :, hh // rep]))
+        out[:, :, hh] = o[0] - torch.sigmoid(z[:, :, hh]).unsqueeze(-1) * o[1]
+    return out
 
 
 def naive_forward(torch, q, k, v, gamma, lam, lambda_init, causal):
@@ -231,16 +290,23 @@ def bench(torch, a):
                 h = a.heads or ((16 if d <= 64 else 8) if cuda else 8)
                 for n in a.ns:
                     b = a.batch or (max(1, 32768 // n) if cuda else 1)
-                    fl = flops(b, h, n, n, d, causal)
+                    forms, err = {}, ""
                     try:
-                        q, k, v, gamma = make_inputs(torch, b, n, n, h, d, dtypes[dt_name], a.device)
-                        forms = make_forms(torch, q, k, v, gamma, lam, lambda_init, causal)
+                        if any(f != "v2_sdpa" for f in a.forms):
+                            q, k, v, gamma = make_inputs(torch, b, n, n, h, d, dtypes[dt_name], a.device)
+                            forms = make_forms(torch, q, k, v, gamma, lam, lambda_init, causal)
+                        if "v2_sdpa" in a.forms:  # equal model width: 2H output heads of d, Hkv = 2H
+                            qv, kv, vv, zv = make_v2_inputs(torch, b, n, n, 2 * h, 2 * h, d, dtypes[dt_name], a.device)
+                            forms["v2_sdpa"] = make_v2_form(torch, qv, kv, vv, zv, causal)
                     except RuntimeError as e:  # e.g. out of memory
                         forms, err = {}, str(e)[:200]
                     for form in a.forms:
+                        v2 = form == "v2_sdpa"
+                        hh = 2 * h if v2 else h
+                        fl = flops(b, hh, n, n, d, causal, v2)
                         r = {"name": f"pytorch_{form}/{dt_name}/{mask}/d:{d}/N:{n}", "form": form,
-                             "dtype": dt_name, "mask": mask, "d": d, "N": n, "S": n, "B": b, "H": h,
-                             "Hkv": h}
+                             "dtype": dt_name, "mask": mask, "d": d, "N": n, "S": n, "B": b, "H": hh,
+                             "Hkv": hh}
                         try:
                             if form not in forms:
                                 raise RuntimeError(err)
@@ -260,7 +326,7 @@ def bench(torch, a):
                         r.update(context)
                         print(json.dumps(r), flush=True)
                         results.append(r)
-                    forms = q = k = v = None
+                    forms = q = k = v = qv = kv = vv = None
                     if cuda:
                         torch.cuda.empty_cache()
     out = a.out
@@ -313,6 +379,21 @@ def check(torch, a):
                     print(f"check {form:9s} {dt_name:4s} {mask:6s} B={b} N={n} S={s} H={h} d={d}: "
                           f"max |out - ref| / max |ref| = {err:.3g} (bound {bounds[dt_name]:.3g}) "
                           f"{'ok' if good else 'FAIL'}", flush=True)
+    # DIFF V2: one SDPA with GQA (2H query heads onto Hkv) and the sigmoid subtraction
+    for (b, n, s, h, hkv, d) in ((2, 77, 77, 4, 2, 64), (1, 45, 130, 2, 2, 128)):
+        for dt_name in ("f32", "bf16"):
+            for mask in ("none", "causal"):
+                causal = mask == "causal"
+                q, k, v, z = make_v2_inputs(torch, b, n, s, h, hkv, d, dtypes[dt_name], a.device, seed=n + d)
+                ref = naive_v2_forward(torch, q, k, v, z, causal)
+                out = make_v2_form(torch, q, k, v, z, causal)()
+                assert out.shape == ref.shape, (out.shape, ref.shape)
+                err = (out.double() - ref).abs().max().item() / ref.abs().max().item()
+                good = math.isfinite(err) and err <= bounds[dt_name]
+                ok &= good
+                print(f"check v2_sdpa   {dt_name:4s} {mask:6s} B={b} N={n} S={s} H={h} Hkv={hkv} d={d}: "
+                      f"max |out - ref| / max |ref| = {err:.3g} (bound {bounds[dt_name]:.3g}) "
+                      f"{'ok' if good else 'FAIL'}", flush=True)
     print(f"check: lambda = {lam:.4f}, lambda_init = {lambda_init:.4f}, torch {torch.__version__}, "
           f"device {a.device}: {'passed' if ok else 'FAILED'}")
     return 0 if ok else 1

@@ -7,8 +7,10 @@
 //
 // Runs are named <backend>_forward/<dtype>/<mask>/d:<d>/N:<N> (backend cpu or reference) and
 // report `flops` as a rate (FLOP/s) from diffattn::forward_flops (SPEC.md: 12 N S d per head,
-// visible pairs only). B = 1, H = 8, N = S. Options (environment, to keep the command line
-// Google Benchmark's own):
+// visible pairs only). B = 1, H = 8, N = S. DIFF V2 runs beside them at the same model width,
+// <backend>_forward_v2/...: H = 16 output heads of d (32 query heads, 16 KV heads), 8 N S d per
+// head, so a V2 layer does 4/3 the FLOPs of the V1 layer of the same width. Options
+// (environment, to keep the command line Google Benchmark's own):
 //   DIFFATTN_BENCH_THREADS  threads for cpu::forward, the peak and sgemm (default: all cores)
 //   DIFFATTN_BENCH_MAX_N    largest N for the tiled kernel (default 8192)
 //   DIFFATTN_BENCH_REF_MAX_N  largest N for the reference (default 2048: it materialises N x S)
@@ -48,13 +50,14 @@ int bench_threads() {
   return t > 0 ? static_cast<int>(t) : static_cast<int>(std::thread::hardware_concurrency());
 }
 
-/// Buffers of one benchmark problem in the official layout, random inputs.
+/// Buffers of one benchmark problem in the official layout, random inputs; DIFF V2 at the same
+/// model width (2H output heads of d) when v2.
 template <class T>
 struct BenchProblem {
   std::vector<T> q, k, v, out;
-  std::vector<float> lq1, lk1, lq2, lk2, gamma, lse1, lse2;
+  std::vector<float> lq1, lk1, lq2, lk2, gamma, lse1, lse2, logits;
   da::Params p;
-  BenchProblem(std::int64_t N, std::int64_t d, da::MaskKind mask) {
+  BenchProblem(std::int64_t N, std::int64_t d, da::MaskKind mask, bool v2 = false) {
     const std::int64_t B = 1, H = 8, S = N;
     std::mt19937 rng(42);
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -62,6 +65,22 @@ struct BenchProblem {
       vec.resize(n);
       for (auto& x : vec) x = static_cast<typename std::decay_t<decltype(vec)>::value_type>(nd(rng) * sc);
     };
+    if (v2) {
+      const std::int64_t H2 = 2 * H;
+      fill(q, B * N * 2 * H2 * d, 1.0f);
+      fill(k, B * S * H2 * d, 1.0f);
+      fill(v, B * S * H2 * d, 1.0f);
+      fill(logits, B * N * H2, 1.5f);
+      out.assign(B * N * H2 * d, T(0.0f));
+      lse1.assign(B * H2 * N, 0.0f);
+      lse2.assign(B * H2 * N, 0.0f);
+      p = da::make_diff_v2_params(B, N, S, H2, H2, d, q.data(), k.data(), v.data(), logits.data(), out.data());
+      p.mask.kind = mask;
+      if (mask == da::MaskKind::window) { p.mask.window_left = 256; p.mask.window_right = 0; }
+      p.extras.lse1 = lse1.data();
+      p.extras.lse2 = lse2.data();
+      return;
+    }
     fill(q, B * N * 2 * H * d, 1.0f);
     fill(k, B * S * 2 * H * d, 1.0f);
     fill(v, B * S * H * 2 * d, 1.0f);
@@ -74,6 +93,7 @@ struct BenchProblem {
     p.mask.kind = mask;
     if (mask == da::MaskKind::window) { p.mask.window_left = 256; p.mask.window_right = 0; }
     p.lambda = {lq1.data(), lk1.data(), lq2.data(), lk2.data(), false, da::lambda_init_for_depth(3)};
+    p.norm.kind = da::NormKind::rms;
     p.norm.gamma = gamma.data();
     p.extras.lse1 = lse1.data();
     p.extras.lse2 = lse2.data();
@@ -81,8 +101,8 @@ struct BenchProblem {
 };
 
 template <class T>
-void bm_forward(benchmark::State& state, bool cpu, std::int64_t N, std::int64_t d, da::MaskKind mask) {
-  BenchProblem<T> pr(N, d, mask);
+void bm_forward(benchmark::State& state, bool cpu, std::int64_t N, std::int64_t d, da::MaskKind mask, bool v2) {
+  BenchProblem<T> pr(N, d, mask, v2);
   da::cpu::Options opt;
   opt.num_threads = bench_threads();
   for (auto _ : state) {
@@ -242,14 +262,15 @@ void register_dtype(const char* dname) {
   for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal})
     for (std::int64_t d : {64, 128})
       for (std::int64_t N = 512; N <= max_n; N *= 2)
-        for (bool cpu : {false, true}) {
-          if (!cpu && N > ref_max_n) continue;
-          const std::string name = std::string(cpu ? "cpu" : "reference") + "_forward/" + dname + "/" +
-                                   mask_name(m) + "/d:" + std::to_string(d) + "/N:" + std::to_string(N);
-          benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_forward<T>(s, cpu, N, d, m); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
-        }
+        for (bool v2 : {false, true})
+          for (bool cpu : {false, true}) {
+            if (!cpu && N > ref_max_n) continue;
+            const std::string name = std::string(cpu ? "cpu" : "reference") + (v2 ? "_forward_v2/" : "_forward/") +
+                                     dname + "/" + mask_name(m) + "/d:" + std::to_string(d) + "/N:" + std::to_string(N);
+            benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_forward<T>(s, cpu, N, d, m, v2); })
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+          }
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ static int run(std::int64_t N, std::int64_t d, int threads) {
   da::Params p = da::make_official_params<T>(1, N, S, H, H, d, q.data(), k.data(), v.data(), out.data());
   p.mask.kind = da::MaskKind::causal;
   p.lambda = {lam.data(), lam.data(), lam.data(), lam.data(), false, 0.8};
+  p.norm.kind = da::NormKind::rms;
   p.norm.gamma = gamma.data();
   p.extras.lse1 = lse1.data();
   p.extras.lse2 = lse2.data();

@@ -79,6 +79,7 @@ void bm_forward(benchmark::State& state, da::MaskKind mask) {
   if (mask == da::MaskKind::window) p.mask = {mask, 256, 0};
   const float* l = static_cast<const float*>(lam);
   p.lambda = {l, l + d, l + 2 * d, l + 3 * d, false, da::lambda_init_for_depth(4)};
+  p.norm.kind = da::NormKind::rms;
   p.norm.gamma = gamma;
   // validated once (forward_config), then timed launches of this configuration alone
   const da::Status s = da::cuda::forward_config<Traits>(p, nullptr);  // warm-up

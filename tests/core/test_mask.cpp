@@ -52,6 +52,43 @@ TEST_CASE("FLOP count: 12 N S d per diff head, exact under masks") {
   CHECK(da::forward_flops(p) == 1.5 * (4.0 * 1000 * 1000 * 128));
 }
 
+TEST_CASE("make_diffllama_params and make_diff_v2_params: strides of their layouts") {
+  // DiffLlama: q [B, N, Hq, d], k and v [B, S, Hkvq, d]: Hq = 8 -> H = 4, Hkvq = 4 -> Hkv = 2
+  std::vector<float> q(2 * 5 * 8 * 64), k(2 * 7 * 4 * 64), v(2 * 7 * 4 * 64), o(2 * 5 * 4 * 128), z(2 * 5 * 4);
+  const da::Params p = da::make_diffllama_params<float>(2, 5, 7, 8, 4, 64, q.data(), k.data(), v.data(), o.data());
+  CHECK(p.heads == 4);
+  CHECK(p.kv_heads == 2);
+  CHECK(p.q1.stride_t == 8 * 64);
+  CHECK(p.q1.stride_h == 64);
+  CHECK(static_cast<const float*>(p.q2.ptr) - q.data() == 4 * 64);   // query head i + H
+  CHECK(static_cast<const float*>(p.k2.ptr) - k.data() == 2 * 64);   // KV head g + Hkvq / 2
+  CHECK(static_cast<const float*>(p.v_lo.ptr) == v.data());
+  CHECK(static_cast<const float*>(p.v_hi.ptr) - v.data() == 2 * 64);
+  CHECK(p.v_hi.stride_t == 4 * 64);
+  CHECK(p.v_hi.stride_h == 64);
+  CHECK(p.out.stride_t == 4 * 128);
+  CHECK(p.value_dim() == 128);
+  // DIFF V2: q [B, N, 2H, d], k and v [B, S, Hkv, d], logits [B, N, H], out [B, N, H, d]
+  const da::Params p2 = da::make_diff_v2_params<float>(2, 5, 7, 4, 2, 64, q.data(), k.data(), v.data(), z.data(), o.data());
+  CHECK(p2.is_v2());
+  CHECK(p2.value_dim() == 64);
+  CHECK(p2.q1.stride_h == 128);
+  CHECK(static_cast<const float*>(p2.q2.ptr) - q.data() == 64);
+  CHECK(p2.k1.stride_t == 2 * 64);
+  CHECK(p2.k2.ptr == nullptr);
+  CHECK(p2.key2().ptr == p2.k1.ptr);
+  CHECK(p2.v_hi.ptr == nullptr);
+  CHECK(p2.out.stride_t == 4 * 64);
+  CHECK(p2.lambda.logits.stride_t == 4);
+  CHECK(p2.out_scale() == 1.0);
+  CHECK(p2.norm_kind() == da::NormKind::none);
+  // V2's count: 8 d per visible pair and head (two Q K^T and two P V of d channels)
+  da::Params f = p2;
+  f.seqlen_q = f.seqlen_k = 1000; f.batch = 1; f.heads = 1;
+  CHECK(da::forward_flops(f) == 8.0 * 1000 * 1000 * 64);
+  CHECK(da::backward_flops(f) == 20.0 * 1000 * 1000 * 64);
+}
+
 TEST_CASE("make_official_params: strides of the interleaved layout") {
   std::vector<float> q(2 * 5 * 8 * 64), k(2 * 7 * 4 * 64), v(2 * 7 * 2 * 128), o(2 * 5 * 4 * 128);
   const da::Params p = da::make_official_params<float>(2, 5, 7, 4, 2, 64, q.data(), k.data(), v.data(), o.data());
@@ -60,7 +97,9 @@ TEST_CASE("make_official_params: strides of the interleaved layout") {
   CHECK(p.q1.stride_h == 128);  // diff head h: query heads 2h, 2h+1
   CHECK(static_cast<const float*>(p.q2.ptr) - static_cast<const float*>(p.q1.ptr) == 64);
   CHECK(p.k1.stride_t == 4 * 64);
-  CHECK(p.v.stride_t == 2 * 128);
+  CHECK(p.v_lo.stride_t == 2 * 128);
+  CHECK(p.v_hi.stride_t == 2 * 128);
+  CHECK(static_cast<const float*>(p.v_hi.ptr) - static_cast<const float*>(p.v_lo.ptr) == 64);  // set_v
   CHECK(p.out.stride_t == 4 * 128);
   CHECK(p.dtype == da::DType::f32);
   CHECK(p.n_rep() == 2);

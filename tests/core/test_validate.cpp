@@ -65,7 +65,17 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
       {"q2 null", "q2", INV, [](da::Params& p, auto&, auto&) { p.q2.ptr = nullptr; }},
       {"k1 null", "k1", INV, [](da::Params& p, auto&, auto&) { p.k1.ptr = nullptr; }},
       {"k2 null", "k2", INV, [](da::Params& p, auto&, auto&) { p.k2.ptr = nullptr; }},
-      {"v null", "v is null", INV, [](da::Params& p, auto&, auto&) { p.v.ptr = nullptr; }},
+      {"v_lo null", "v_lo is null", INV, [](da::Params& p, auto&, auto&) { p.v_lo.ptr = nullptr; }},
+      {"v_hi null", "v_hi is null", INV, [](da::Params& p, auto&, auto&) { p.v_hi.ptr = nullptr; }},
+      // settings that change results have no silent default
+      {"lambda_init unset", "lambda.lambda_init is unset", INV,
+       [](da::Params& p, auto&, auto&) { p.lambda.lambda_init = da::LambdaParams{}.lambda_init; }},
+      {"norm kind unset", "norm.kind is unset", INV, [](da::Params& p, auto&, auto&) { p.norm.kind = da::NormKind::unset; p.norm.gamma = nullptr; }},
+      {"variant not an enum value", "variant", INV, [](da::Params& p, auto&, auto&) { p.variant = static_cast<da::Variant>(3); }},
+      {"V1 params asking for V2 (lambda vectors set)", "lambda.lq1 is set, but DIFF V2", INV,
+       [](da::Params& p, auto&, auto&) { p.variant = da::Variant::diff_v2; }},
+      {"V1 with logits", "only DIFF V2", INV,
+       [](da::Params& p, Problem<float>& pr, auto&) { p.lambda.logits = {pr.gamma.data(), 0, 0, 0}; }},
       {"out null", "out is null", INV, [](da::Params& p, auto&, auto&) { p.out.ptr = nullptr; }},
       {"lq1 null", "lambda.lq1", INV, [](da::Params& p, auto&, auto&) { p.lambda.lq1 = nullptr; }},
       {"lk2 null", "lambda.lk2", INV, [](da::Params& p, auto&, auto&) { p.lambda.lk2 = nullptr; }},
@@ -95,7 +105,7 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
       {"out overlaps input q", "out overlaps input q1", INV,
        [](da::Params& p, Problem<float>& pr, auto&) { pr.q.resize(pr.q.size() * 4); pr.out.resize(1); p = pr.params(); p.out.ptr = pr.q.data(); }},
       {"out overlaps input v (interleaved)", "out overlaps input v", INV,
-       [](da::Params& p, auto&, auto&) { p.out.ptr = const_cast<void*>(p.v.ptr); }},
+       [](da::Params& p, auto&, auto&) { p.out.ptr = const_cast<void*>(p.v_lo.ptr); }},
       {"lse1 inside out", "overlaps output extras.lse1", INV,
        [](da::Params& p, Problem<float>& pr, auto&) { p.extras.lse1 = pr.out.data() + 4; }},
       {"lse2 == lse1", "extras.lse", INV, [](da::Params& p, auto&, auto&) { p.extras.lse2 = p.extras.lse1; }},
@@ -103,7 +113,7 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
        [](da::Params& p, Problem<float>& pr, auto&) { p.extras.attn = pr.gamma.data(); }},
       {"offsets overflow int64", "overflow", INV, [](da::Params& p, auto&, auto&) { p.k1.stride_b = kMax / 2; }},
       {"B*H*N*2d overflows", "overflow", INV,
-       [](da::Params& p, auto&, auto&) { p.batch = kMax / 4; p.q1.stride_b = p.q2.stride_b = p.k1.stride_b = p.k2.stride_b = p.v.stride_b = p.out.stride_b = 0; }},
+       [](da::Params& p, auto&, auto&) { p.batch = kMax / 4; p.q1.stride_b = p.q2.stride_b = p.k1.stride_b = p.k2.stride_b = p.v_lo.stride_b = p.v_hi.stride_b = p.out.stride_b = 0; }},
       {"pointer not aligned to its element", "q2 is not aligned", INV,
        [](da::Params& p, auto&, auto&) { p.q2.ptr = static_cast<const char*>(p.q2.ptr) + 2; }},
       {"pointer not aligned as the backend needs", "k1 is not aligned to 16 bytes", INV,
@@ -111,8 +121,8 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
          c.align_bytes = 16;
          p.k1.ptr = static_cast<const float*>(p.k1.ptr) + 1;
        }},
-      {"stride not aligned as the backend needs", "v: strides must be multiples of 4 elements", INV,
-       [](da::Params& p, auto&, da::BackendCaps& c) { c.align_bytes = 16; p.v.stride_t += 1; }},
+      {"stride not aligned as the backend needs", "v_hi: strides must be multiples of 4 elements", INV,
+       [](da::Params& p, auto&, da::BackendCaps& c) { c.align_bytes = 16; p.v_hi.stride_t += 1; }},
       {"sequence longer than the backend allows", "seqlen_q/seqlen_k", UNS,
        [](da::Params&, auto&, da::BackendCaps& c) { c.max_seqlen = 6; }},
       {"lambda vector misaligned", "lambda.lq2 is not aligned", INV,
@@ -217,13 +227,14 @@ TEST_CASE("validate: bad backward inputs are rejected, named, and nothing is wri
   std::vector<BCase> cases = {
       {"dout is null", [](da::BackwardParams& b, auto&) { b.dout.ptr = nullptr; }},
       {"grad.dq1 is null", [](da::BackwardParams& b, auto&) { b.grad.dq1.ptr = nullptr; }},
-      {"grad.dv is null", [](da::BackwardParams& b, auto&) { b.grad.dv.ptr = nullptr; }},
+      {"grad.dv_lo is null", [](da::BackwardParams& b, auto&) { b.grad.dv_lo.ptr = nullptr; }},
+      {"grad.dv_hi is null", [](da::BackwardParams& b, auto&) { b.grad.dv_hi.ptr = nullptr; }},
       {"grad.dlk2 is null", [](da::BackwardParams& b, auto&) { b.grad.dlk2 = nullptr; }},
       {"grad.dgamma is null but the norm has that weight", [](da::BackwardParams& b, auto&) { b.grad.dgamma = nullptr; }},
       {"overlaps output grad.dq2",
        [](da::BackwardParams& b, Problem<float>& pr) { b.grad.dq2.ptr = pr.dq.data() + 1; }},
       {"grad.dk1 overlaps input k1", [](da::BackwardParams& b, Problem<float>& pr) { b.grad.dk1.ptr = pr.k.data(); }},
-      {"overlaps input dout", [](da::BackwardParams& b, Problem<float>& pr) { b.grad.dv.ptr = pr.dout.data(); }},
+      {"overlaps input dout", [](da::BackwardParams& b, Problem<float>& pr) { b.grad.dv_lo.ptr = pr.dout.data(); }},
       {"grad.dlq1", [](da::BackwardParams& b, Problem<float>& pr) { b.grad.dlq1 = pr.dlk1.data(); }},
       {"head_dim must be > 0", [](da::BackwardParams& b, auto&) { b.fwd.head_dim = -1; }},
   };
@@ -242,6 +253,61 @@ TEST_CASE("validate: bad backward inputs are rejected, named, and nothing is wri
     CHECK(bytes_of(pr.dk) == dk0);
     CHECK(bytes_of(pr.dv) == dv0);
     CHECK(bytes_of(pr.dlq1) == dl0);
+  }
+}
+
+TEST_CASE("validate: DIFF V2 params: valid ones pass, V1 fields and bad logits are rejected by name") {
+  using VCase = std::pair<const char*, std::function<void(da::Params&, Problem<float>&)>>;
+  const std::vector<VCase> cases = {
+      {"k2 is set", [](da::Params& p, Problem<float>& pr) { p.k2 = p.k1; (void)pr; }},
+      {"v_hi is set", [](da::Params& p, auto&) { p.v_hi = p.v_lo; }},
+      {"lambda.lq1 is set", [](da::Params& p, Problem<float>& pr) { p.lambda.lq1 = pr.lq1.data(); }},
+      {"lambda.lambda_init is set", [](da::Params& p, auto&) { p.lambda.lambda_init = 0.8; }},
+      {"lambda.per_head is set", [](da::Params& p, auto&) { p.lambda.per_head = true; }},
+      {"lambda.logits is null", [](da::Params& p, auto&) { p.lambda.logits.ptr = nullptr; }},
+      {"lambda.logits contains NaN or infinity (at b = 1, token 3, head 2)",
+       [](da::Params& p, Problem<float>& pr) { pr.logits[(1 * p.seqlen_q + 3) * p.heads + 2] = INFINITY; }},
+      {"norm.kind: DIFF V2 has no per-head norm", [](da::Params& p, auto&) { p.norm.kind = da::NormKind::rms; }},
+      {"out overlaps input lambda.logits",
+       [](da::Params& p, Problem<float>& pr) { pr.out.resize(1); p.out.ptr = pr.logits.data(); }},
+  };
+  Shape s;
+  s.B = 2; s.N = 5; s.S = 7; s.H = 4; s.Hkv = 2; s.d = 8; s.v2 = true;
+  {
+    Problem<float> pr(s, 44);
+    const da::Params p = pr.params();
+    CHECK(da::validate(p, da::reference::caps()).ok());
+    CHECK(da::validate(p, da::cpu::caps()).ok());
+  }
+  for (const auto& [name, mutate] : cases) {
+    INFO("case: " << std::string(name));
+    Problem<float> pr(s, 44);
+    da::Params p = pr.params();
+    mutate(p, pr);
+    const auto out0 = bytes_of(pr.out);
+    const da::Status st = da::reference::forward<double>(p);
+    CHECK(st.code() == da::StatusCode::invalid_argument);
+    CHECK_MESSAGE(st.message().find(name) != std::string::npos, "message: " << st.message());
+    CHECK(bytes_of(pr.out) == out0);
+  }
+  // backward: the V1 gradients that V2 does not have, and the one it adds
+  const std::vector<std::pair<const char*, std::function<void(da::BackwardParams&, Problem<float>&)>>> bcases = {
+      {"grad.dk2 is set", [](da::BackwardParams& b, Problem<float>& pr) { b.grad.dk2 = da::bshd(pr.dq.data(), 1, 1, 1); }},
+      {"grad.dv_hi is set", [](da::BackwardParams& b, Problem<float>& pr) { b.grad.dv_hi = da::bshd(pr.dq.data(), 1, 1, 1); }},
+      {"grad.dlogits is null", [](da::BackwardParams& b, auto&) { b.grad.dlogits.ptr = nullptr; }},
+      {"grad.dlq1 is set", [](da::BackwardParams& b, Problem<float>& pr) { b.grad.dlq1 = pr.dlq1.data(); }},
+  };
+  for (const auto& [name, mutate] : bcases) {
+    INFO("backward case: " << std::string(name));
+    Problem<float> pr(s, 45);
+    da::BackwardParams bp = pr.backward_params();
+    mutate(bp, pr);
+    const auto dq0 = bytes_of(pr.dq), dl0 = bytes_of(pr.dlogits);
+    const da::Status st = da::reference::backward<double>(bp);
+    CHECK(st.code() == da::StatusCode::invalid_argument);
+    CHECK_MESSAGE(st.message().find(name) != std::string::npos, "message: " << st.message());
+    CHECK(bytes_of(pr.dq) == dq0);
+    CHECK(bytes_of(pr.dlogits) == dl0);
   }
 }
 

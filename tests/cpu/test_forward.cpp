@@ -192,6 +192,58 @@ TEST_CASE("cpu forward: norms, per-head lambda, split BHSD layout, windows") {
   run_case<float>(s, ++seed);
 }
 
+TEST_CASE("cpu forward: DIFF V2, every element type, masks, GQA, head dims") {
+  std::uint64_t seed = 1300;
+  for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal, da::MaskKind::window}) {
+    Shape s = shape(70, 97, 4, 2, 64, m);
+    s.v2 = true;
+    run_case<float>(s, ++seed);
+    run_case<da::half>(s, ++seed);
+    run_case<da::bfloat16>(s, ++seed);
+  }
+  for (i64 d : {32, 128}) {
+    Shape s = shape(33, 130, 3, 1, d, da::MaskKind::causal);  // MQA 3:1
+    s.v2 = true; s.logit_scale = 5;
+    run_case<float>(s, ++seed, /*split=*/true);
+    run_case<da::bfloat16>(s, ++seed);
+  }
+  Shape s = shape(100, 40, 2, 2, 64, da::MaskKind::causal);  // N > S: fully masked rows
+  s.v2 = true;
+  run_case<float>(s, ++seed);
+}
+
+TEST_CASE("cpu forward: the DiffLlama layout gives the official layout's result bit for bit") {
+  std::uint64_t seed = 1400;
+  auto one = [&](auto tag, const Shape& s) {
+    using Elem = decltype(tag);
+    INFO(da::dtype_name(da::dtype_of_v<Elem>) << " " << s.str());
+    Problem<Elem> pr(s, ++seed);
+    DiffLlamaCopy<Elem> dl(pr);
+    da::Params p = pr.params();
+    p.extras = {};
+    for (int threads : {1, 2}) {
+      da::cpu::Options opt;
+      opt.num_threads = threads;
+      pr.out.assign(pr.out.size(), poison<Elem>());
+      dl.out.assign(dl.out.size(), poison<Elem>());
+      REQUIRE(da::cpu::forward(p, opt).ok());
+      REQUIRE(da::cpu::forward(dl.p, opt).ok());
+      for (auto x : dl.out) REQUIRE(!std::isnan(static_cast<double>(static_cast<float>(x))));
+      CHECK(same_bits(pr.out, dl.out));
+    }
+  };
+  for (i64 hkv : {1, 2, 4}) {  // DiffLlama's Hkvq = 2 Hkv
+    Shape s = shape(37, 70, 4, hkv, 64, da::MaskKind::causal);
+    s.gamma = false;  // DiffLlama's RMSNorm has no weight
+    one(float{}, s);
+    one(da::bfloat16{}, s);
+    one(da::half{}, s);
+  }
+  Shape w = shape(50, 50, 2, 1, 32, da::MaskKind::window);
+  w.wl = 7; w.wr = 3; w.norm = da::NormKind::group; w.beta = true;
+  one(float{}, w);
+}
+
 TEST_CASE("cpu forward: decoding (N = 1, long S) splits keys and matches") {
   std::uint64_t seed = 900;
   for (i64 S : {1000, 4097}) {

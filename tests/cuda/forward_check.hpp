@@ -15,11 +15,15 @@ struct ErrorStats {
 };
 
 /// Runs `run(params)` on a fresh random problem of shape s and checks out, A, LSEs and rstd.
-/// `run` must write the params' outputs (host memory) or return an error status.
+/// `run` must write the params' outputs (host memory) or return an error status. A DIFF V2
+/// configuration (Traits::kV2) gets the V2 problem of the same shape (norm and lambda vectors
+/// of the shape unused: lambda from random logits).
 template <class Traits>
-void check_forward_case(const Shape& s, std::uint64_t seed, bool split,
+void check_forward_case(const Shape& s0, std::uint64_t seed, bool split,
                         const std::function<da::Status(const da::Params&)>& run, ErrorStats& st) {
   using Elem = typename Traits::Elem;
+  Shape s = s0;
+  s.v2 = Traits::kV2;
   INFO(std::string(da::dtype_name(Traits::kDType)) << " d=" << Traits::kHeadDim << " seed " << seed << " "
                                                    << s.str() << " split=" << split);
   Problem<Elem> pr(s, seed, split);

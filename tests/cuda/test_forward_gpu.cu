@@ -61,8 +61,11 @@ da::Status run_on_gpu(const da::Params& hp) {
   p.q2.ptr = m.mirror(hp.q2.ptr, span_bytes(hp.q2, B, N, H, d, e), false);
   p.k1.ptr = m.mirror(hp.k1.ptr, span_bytes(hp.k1, B, S, G, d, e), false);
   p.k2.ptr = m.mirror(hp.k2.ptr, span_bytes(hp.k2, B, S, G, d, e), false);
-  p.v.ptr = m.mirror(hp.v.ptr, span_bytes(hp.v, B, S, G, 2 * d, e), false);
-  p.out.ptr = m.mirror(hp.out.ptr, span_bytes(hp.out, B, N, H, 2 * d, e), true);
+  p.v_lo.ptr = m.mirror(hp.v_lo.ptr, span_bytes(hp.v_lo, B, S, G, d, e), false);
+  p.v_hi.ptr = m.mirror(hp.v_hi.ptr, span_bytes(hp.v_hi, B, S, G, d, e), false);  // V2: null
+  const i64 dv = hp.value_dim();
+  p.out.ptr = m.mirror(hp.out.ptr, span_bytes(hp.out, B, N, H, dv, e), true);
+  p.lambda.logits.ptr = m.mirror(hp.lambda.logits.ptr, span_bytes(hp.lambda.logits, B, N, H, 1, f), false);
   const std::size_t lam = (hp.lambda.per_head ? H : 1) * d * f;
   p.lambda.lq1 = m.mirror(hp.lambda.lq1, lam, false);
   p.lambda.lk1 = m.mirror(hp.lambda.lk1, lam, false);
@@ -75,7 +78,7 @@ da::Status run_on_gpu(const da::Params& hp) {
   p.extras.lse2 = m.mirror(hp.extras.lse2, rows, true);
   p.extras.rstd = m.mirror(hp.extras.rstd, rows, true);
   p.extras.mean = m.mirror(hp.extras.mean, rows, true);
-  p.extras.attn = m.mirror(hp.extras.attn, rows * 2 * d, true);
+  p.extras.attn = m.mirror(hp.extras.attn, rows * dv, true);
   const da::Status s = da::cuda::forward(p, nullptr);
   if (!s.ok()) return s;
   const cudaError_t err = cudaDeviceSynchronize();
@@ -108,7 +111,9 @@ TEST_CASE("cuda forward on a GPU: small cases of every shipped configuration (fo
     MESSAGE("SKIPPED: no CUDA device on this machine");
     return;
   }
-#define DIFFATTN_X(fmt, d) gpu_small_cases<da::cuda::ForwardTraits<da::simt::fmt16::fmt, d>>();
+#define DIFFATTN_X(fmt, d)                                        \
+  gpu_small_cases<da::cuda::ForwardTraits<da::simt::fmt16::fmt, d>>(); \
+  gpu_small_cases<da::cuda::ForwardTraitsV2<da::simt::fmt16::fmt, d>>();
   DIFFATTN_CUDA_FORWARD_CONFIGS(DIFFATTN_X)
 #undef DIFFATTN_X
 }
@@ -121,7 +126,9 @@ TEST_CASE("cuda forward on a GPU: every shipped configuration") {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   MESSAGE("device: " << prop.name << " (sm_" << prop.major << prop.minor << ")");
-#define DIFFATTN_X(fmt, d) gpu_suite<da::cuda::ForwardTraits<da::simt::fmt16::fmt, d>>();
+#define DIFFATTN_X(fmt, d)                                  \
+  gpu_suite<da::cuda::ForwardTraits<da::simt::fmt16::fmt, d>>(); \
+  gpu_suite<da::cuda::ForwardTraitsV2<da::simt::fmt16::fmt, d>>();
   DIFFATTN_CUDA_FORWARD_CONFIGS(DIFFATTN_X)
 #undef DIFFATTN_X
 }

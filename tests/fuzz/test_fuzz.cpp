@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -207,7 +208,7 @@ struct Run {
     p.q2 = {qb + d * eb, qs_b, qs_t, qs_h};
     p.k1 = {kb, ks_b, ks_t, ks_h};
     p.k2 = {kb + d * eb, ks_b, ks_t, ks_h};
-    p.v = {v.data(), vs_b, vs_t, vs_h};
+    p.set_v({v.data(), vs_b, vs_t, vs_h});
     p.out = {out.data(), os_b, os_t, os_h};
     p.mask = c.mask;
     const void* lv = dbl ? static_cast<const void*>(lam_d.data()) : lam.data();
@@ -401,7 +402,12 @@ std::vector<Mutation> invalid_mutations() {
   return {
       {"q1 null", [](da::Params& p) { p.q1.ptr = nullptr; }},
       {"k2 null", [](da::Params& p) { p.k2.ptr = nullptr; }},
-      {"v null", [](da::Params& p) { p.v.ptr = nullptr; }},
+      {"v_lo null", [](da::Params& p) { p.v_lo.ptr = nullptr; }},
+      {"v_hi null", [](da::Params& p) { p.v_hi.ptr = nullptr; }},
+      {"lambda_init unset", [](da::Params& p) { p.lambda.lambda_init = std::numeric_limits<double>::quiet_NaN(); }},
+      {"norm kind unset", [](da::Params& p) { p.norm.kind = da::NormKind::unset; }},
+      {"variant V2 with V1's fields", [](da::Params& p) { p.variant = da::Variant::diff_v2; }},
+      {"variant out of range", [](da::Params& p) { p.variant = static_cast<da::Variant>(5); }},
       {"out null", [](da::Params& p) { p.out.ptr = nullptr; }},
       {"lambda lq1 null", [](da::Params& p) { p.lambda.lq1 = nullptr; }},
       {"batch 0", [](da::Params& p) { p.batch = 0; }},
@@ -462,7 +468,7 @@ TEST_CASE("valid but unusual input is accepted and correct: broadcast keys (toke
     const bool broadcast = seed % 2;
     auto apply = [&](da::Params& p) {
       if (broadcast) {  // every key and value is token 0's
-        p.k1.stride_t = p.k2.stride_t = p.v.stride_t = 0;
+        p.k1.stride_t = p.k2.stride_t = p.v_lo.stride_t = p.v_hi.stride_t = 0;
       } else {  // both softmaxes the same: A = (1 - lambda) P V
         p.q2 = p.q1;
         p.k2 = p.k1;

@@ -60,6 +60,15 @@ void check_backward(const Shape& s, std::uint64_t seed, bool split) {
   // copies: the finite differences rerun the forward, which does not touch the gradients, but
   // keep the analytic values safe anyway
   const auto dq = pr.dq, dq2 = pr.dq2buf, dk = pr.dk, dk2 = pr.dk2buf, dv = pr.dv;
+  if (s.v2) {  // one K (both query heads of a pair), V of d channels, lambda from the logits
+    const auto dlogits = pr.dlogits;
+    check_tensor(pr, pr.q, dq, split ? "dq1" : "dq (dq1, dq2 interleaved)");
+    if (split) check_tensor(pr, pr.q2buf, dq2, "dq2");
+    check_tensor(pr, pr.k, dk, "dk (shared by both heads of a pair)");
+    check_tensor(pr, pr.v, dv, "dv");
+    check_tensor(pr, pr.logits, dlogits, "dlogits");
+    return;
+  }
   const auto dlq1 = pr.dlq1, dlk1 = pr.dlk1, dlq2 = pr.dlq2, dlk2 = pr.dlk2;
   const auto dgamma = pr.dgamma, dbeta = pr.dbeta;
   check_tensor(pr, pr.q, dq, split ? "dq1" : "dq (dq1, dq2 interleaved)");
@@ -111,6 +120,19 @@ TEST_CASE("backward == finite differences: MQA 3:1, decoding-like N < S, per-hea
   s.B = 1; s.N = 2; s.S = 7; s.H = 3; s.Hkv = 1; s.d = 4;
   s.mask = da::MaskKind::causal; s.per_head = true;
   check_backward(s, 505, true);
+}
+
+TEST_CASE("backward == finite differences: DIFF V2, GQA 4:2, causal, interleaved pairs") {
+  Shape s;
+  s.B = 2; s.N = 5; s.S = 6; s.H = 4; s.Hkv = 2; s.d = 3; s.mask = da::MaskKind::causal; s.v2 = true;
+  check_backward(s, 707, false);
+}
+
+TEST_CASE("backward == finite differences: DIFF V2, MQA 3:1, window, N > S, split layout, large logits") {
+  Shape s;
+  s.B = 1; s.N = 6; s.S = 4; s.H = 3; s.Hkv = 1; s.d = 2; s.v2 = true; s.logit_scale = 4;
+  s.mask = da::MaskKind::window; s.wl = 1; s.wr = 0;
+  check_backward(s, 808, true);
 }
 
 TEST_CASE("backward writes every gradient element (no NaN left from the poison) in f32") {

@@ -113,6 +113,120 @@ TEST_CASE("reference forward == independent loop implementation (f64)") {
   }
 }
 
+TEST_CASE("DIFF V2: reference forward == independent loop implementation (f64)") {
+  std::uint64_t seed = 5000;
+  for (auto [N, S] : {std::pair<i64, i64>{1, 1}, {7, 7}, {7, 13}, {13, 5}, {65, 33}}) {
+    Shape s;
+    s.N = N; s.S = S; s.H = 4; s.Hkv = 2; s.d = 3; s.B = 2; s.v2 = true;
+    for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal, da::MaskKind::window}) {
+      s.mask = m;
+      if (m == da::MaskKind::window) { s.wl = 2; s.wr = 1; }
+      run_against_loops<double>(s, ++seed);
+    }
+    s.H = 3; s.Hkv = 1; s.logit_scale = 6;  // MQA; sigmoid near 0 and 1
+    run_against_loops<double>(s, ++seed, /*split=*/true);
+  }
+}
+
+TEST_CASE("DIFF V2: hand-computed, one query, two keys") {
+  // q_{2h} = 1, q_{2h+1} = 0 (d = 1), k = {0, ln 2}: P_1 = (1/3, 2/3), P_2 = (1/2, 1/2);
+  // v = {3, 6}: O_1 = 5, O_2 = 4.5; logit 0: lambda = 1/2, so out = 5 - 2.25 (no norm, no scale).
+  const double ln2 = std::log(2.0);
+  std::vector<double> q = {1.0, 0.0}, k = {0.0, ln2}, v = {3.0, 6.0}, z = {0.0}, out(1, NAN);
+  da::Params p = da::make_diff_v2_params<double>(1, 1, 2, 1, 1, 1, q.data(), k.data(), v.data(), z.data(), out.data());
+  REQUIRE(da::reference::forward<double>(p).ok());
+  CHECK(out[0] == doctest::Approx(5.0 - 0.5 * 4.5).epsilon(1e-15));
+  z[0] = std::log(3.0);  // sigmoid(ln 3) = 3/4
+  REQUIRE(da::reference::forward<double>(p).ok());
+  CHECK(out[0] == doctest::Approx(5.0 - 0.75 * 4.5).epsilon(1e-15));
+}
+
+TEST_CASE("DiffLlama layout: make_diffllama_params computes what HF DiffLlamaAttention computes") {
+  // HF's attention written out on its own tensors (q [B,N,Hq,d], k, v [B,S,Hkvq,d]): KV heads
+  // repeated n_rep = Hq / Hkvq times; V's repeated heads split in halves along heads and
+  // concatenated along channels, then repeated twice along heads; query head j attends with
+  // K head j / n_rep and V head j mod (Hq / 2); the first and second halves of the query heads'
+  // outputs are subtracted with lambda, RMSNorm over 2d without weight, times 1 - lambda_init.
+  for (auto [Hq, Hkvq] : {std::pair<i64, i64>{4, 2}, {8, 4}, {8, 2}, {6, 6}}) {
+    const i64 B = 2, N = 5, S = 7, d = 3, H = Hq / 2, nrep = Hq / Hkvq;
+    INFO("Hq " << Hq << " Hkvq " << Hkvq);
+    std::mt19937_64 rng(77 + Hq * 10 + Hkvq);
+    std::normal_distribution<double> nd(0, 1);
+    std::vector<double> q(B * N * Hq * d), k(B * S * Hkvq * d), v(B * S * Hkvq * d), out(B * N * H * 2 * d, NAN);
+    std::vector<double> lam(4 * d);
+    for (auto* t : {&q, &k, &v}) for (double& x : *t) x = nd(rng);
+    for (double& x : lam) x = 0.1 * nd(rng);
+    const double li = da::lambda_init_for_depth(2);
+    da::Params p = da::make_diffllama_params<double>(B, N, S, Hq, Hkvq, d, q.data(), k.data(), v.data(), out.data());
+    p.mask.kind = da::MaskKind::causal;
+    p.norm.kind = da::NormKind::rms;  // DiffLlama's RMSNorm has no weight
+    p.lambda = {lam.data(), lam.data() + d, lam.data() + 2 * d, lam.data() + 3 * d, false, li};
+    REQUIRE(da::reference::forward<double>(p).ok());
+    double dot1 = 0, dot2 = 0;
+    for (i64 x = 0; x < d; ++x) { dot1 += lam[x] * lam[d + x]; dot2 += lam[2 * d + x] * lam[3 * d + x]; }
+    const double lambda = std::exp(dot1) - std::exp(dot2) + li;
+    auto Q = [&](i64 b, i64 i, i64 j, i64 x) { return q[((b * N + i) * Hq + j) * d + x]; };
+    auto K = [&](i64 b, i64 t, i64 g, i64 x) { return k[((b * S + t) * Hkvq + g) * d + x]; };
+    auto V = [&](i64 b, i64 t, i64 g, i64 x) { return v[((b * S + t) * Hkvq + g) * d + x]; };
+    auto Vcat = [&](i64 b, i64 t, i64 hh, i64 x) {  // head hh < H of the concatenated V
+      return x < d ? V(b, t, hh / nrep, x) : V(b, t, (hh + H) / nrep, x - d);
+    };
+    std::vector<double> want(out.size());
+    for (i64 b = 0; b < B; ++b)
+      for (i64 i = 0; i < N; ++i) {
+        std::vector<double> o(Hq * 2 * d, 0.0);
+        for (i64 j = 0; j < Hq; ++j) {
+          std::vector<double> sc(S, -INFINITY);
+          double mx = -INFINITY;
+          for (i64 t = 0; t <= i + (S - N) && t < S; ++t) {
+            double a = 0;
+            for (i64 x = 0; x < d; ++x) a += Q(b, i, j, x) * K(b, t, j / nrep, x);
+            sc[t] = a / std::sqrt(double(d));
+            mx = std::max(mx, sc[t]);
+          }
+          double sum = 0;
+          for (i64 t = 0; t < S; ++t) sum += std::exp(sc[t] - mx);
+          for (i64 t = 0; t < S; ++t)
+            for (i64 x = 0; x < 2 * d; ++x) o[j * 2 * d + x] += std::exp(sc[t] - mx) / sum * Vcat(b, t, j % H, x);
+        }
+        for (i64 hh = 0; hh < H; ++hh) {
+          std::vector<double> a(2 * d);
+          double ms = 0;
+          for (i64 x = 0; x < 2 * d; ++x) {
+            a[x] = o[hh * 2 * d + x] - lambda * o[(hh + H) * 2 * d + x];
+            ms += a[x] * a[x] / (2 * d);
+          }
+          for (i64 x = 0; x < 2 * d; ++x)
+            want[((b * N + i) * H + hh) * 2 * d + x] = (1 - li) * a[x] / std::sqrt(ms + 1e-5);
+        }
+      }
+    check_close(out, want, kTolF64, kTolF64, "DiffLlama out");
+  }
+}
+
+TEST_CASE("DiffLlama layout: the reference gives the official layout's result bit for bit") {
+  auto one = [](auto tag, const Shape& s, std::uint64_t seed) {
+    using Elem = decltype(tag);
+    INFO(s.str());
+    Problem<Elem> pr(s, seed);
+    DiffLlamaCopy<Elem> dl(pr);
+    da::Params p = pr.params();
+    p.extras = {};
+    REQUIRE(da::reference::forward<double>(p).ok());
+    REQUIRE(da::reference::forward<double>(dl.p).ok());
+    check_close(to_double(dl.out), to_double(pr.out), 0, 0, "DiffLlama vs official, double accumulation");
+    REQUIRE(da::reference::forward<float>(p).ok());
+    REQUIRE(da::reference::forward<float>(dl.p).ok());
+    check_close(to_double(dl.out), to_double(pr.out), 0, 0, "DiffLlama vs official, float accumulation");
+  };
+  Shape s;
+  s.B = 2; s.N = 9; s.S = 13; s.H = 4; s.Hkv = 2; s.d = 5; s.mask = da::MaskKind::causal; s.gamma = false;
+  one(double{}, s, 61);
+  one(float{}, s, 62);
+  s.Hkv = 1; s.norm = da::NormKind::group; s.beta = true; s.mask = da::MaskKind::window; s.wl = 2; s.wr = 3;
+  one(float{}, s, 63);
+}
+
 TEST_CASE("lambda = 0 gives ordinary attention followed by the norm") {
   // lambda vectors 0 and lambda_init = 0: lambda = 1 - 1 + 0 = 0 and out_scale = 1, so out is
   // RMSNorm(P_1 V) * gamma. Checked against a plain softmax-attention loop of component 1 only.
@@ -359,7 +473,7 @@ TEST_CASE("out of memory is a Status, not an exception, and nothing is written")
   Problem<float> pr(s, 7);
   da::Params p = pr.params();
   p.seqlen_k = i64{1} << 34;
-  p.k1.stride_t = p.k2.stride_t = p.v.stride_t = 0;
+  p.k1.stride_t = p.k2.stride_t = p.v_lo.stride_t = p.v_hi.stride_t = 0;
   REQUIRE(da::validate(p, da::reference::caps()).ok());
   // an address-space cap makes the allocation fail whatever the machine's overcommit policy
   long pages = 0;

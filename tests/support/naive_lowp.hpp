@@ -10,8 +10,8 @@
 namespace dt {
 
 struct NaiveLowp {
-  std::vector<double> out;         // [B, N, H, 2d], rounded to Elem
-  std::vector<double> attn, o2;    // [B, H, N, 2d], A and O_2 in fp32
+  std::vector<double> out;         // [B, N, H, dv], rounded to Elem (dv = 2d, V2: d)
+  std::vector<double> attn, o2;    // [B, H, N, dv], A and O_2 in fp32
   std::vector<double> lse1, lse2;  // [B, H, N]
   std::vector<double> rstd, mean;  // [B, H, N], the norm's (1 and 0 without one)
 };
@@ -19,7 +19,9 @@ struct NaiveLowp {
 template <class Elem>
 NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
   const Shape& s = pr.sh;
-  const i64 N = s.N, S = s.S, H = s.H, d = s.d, dv = 2 * d, rep = s.H / s.Hkv;
+  const i64 N = s.N, S = s.S, H = s.H, d = s.d, dv = s.dv(), rep = s.H / s.Hkv;
+  const da::NormKind norm = s.v2 ? da::NormKind::none : s.norm;
+  const float out_scale = s.v2 ? 1.f : 1 - float(s.lambda_init);
   const float scale = 1.0f / std::sqrt(float(d));
   const auto vis = spec_mask(s);
   NaiveLowp res;
@@ -35,11 +37,12 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
         dot1 += pr.lq1[lo + x] * pr.lk1[lo + x];
         dot2 += pr.lq2[lo + x] * pr.lk2[lo + x];
       }
-      const float lambda = std::exp(dot1) - std::exp(dot2) + float(s.lambda_init);
-      int lexp = 0;
-      if (std::fabs(lambda) > 1.f) std::frexp(lambda, &lexp);
-      const float ls = std::ldexp(1.f, lexp);
+      const float lambda_v1 = std::exp(dot1) - std::exp(dot2) + float(s.lambda_init);
       for (i64 i = 0; i < N; ++i) {
+        const float lambda = s.v2 ? 1.f / (1.f + std::exp(-pr.logits[(b * N + i) * H + h])) : lambda_v1;
+        int lexp = 0;
+        if (std::fabs(lambda) > 1.f) std::frexp(lambda, &lexp);
+        const float ls = std::ldexp(1.f, lexp);
         std::vector<float> p(S, 0.f), pc[2] = {std::vector<float>(S, 0.f), std::vector<float>(S, 0.f)};
         for (int c = 0; c < 2; ++c) {
           std::vector<float> sc(S, -INFINITY);
@@ -89,16 +92,16 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
         for (float x : a) var += (x - mean) * (x - mean);
         var /= dv;
         const i64 row = (b * H + h) * N + i;
-        res.rstd[row] = s.norm == da::NormKind::rms ? 1 / std::sqrt(ms + 1e-5f)
-                        : s.norm == da::NormKind::group ? 1 / std::sqrt(var + 1e-5f) : 1.f;
-        res.mean[row] = s.norm == da::NormKind::group ? mean : 0.f;
+        res.rstd[row] = norm == da::NormKind::rms ? 1 / std::sqrt(ms + 1e-5f)
+                        : norm == da::NormKind::group ? 1 / std::sqrt(var + 1e-5f) : 1.f;
+        res.mean[row] = norm == da::NormKind::group ? mean : 0.f;
         for (i64 x = 0; x < dv; ++x) {
           res.o2[row * dv + x] = o[1][x];
           float y = a[x];
           const float gm = s.gamma ? pr.gamma[x] : 1.f;
-          if (s.norm == da::NormKind::rms) y = a[x] / std::sqrt(ms + 1e-5f) * gm;
-          if (s.norm == da::NormKind::group) y = (a[x] - mean) / std::sqrt(var + 1e-5f) * gm + (s.beta ? pr.beta[x] : 0.f);
-          res.out[((b * N + i) * H + h) * dv + x] = double(float(from_double<Elem>((1 - float(s.lambda_init)) * y)));
+          if (norm == da::NormKind::rms) y = a[x] / std::sqrt(ms + 1e-5f) * gm;
+          if (norm == da::NormKind::group) y = (a[x] - mean) / std::sqrt(var + 1e-5f) * gm + (s.beta ? pr.beta[x] : 0.f);
+          res.out[((b * N + i) * H + h) * dv + x] = double(float(from_double<Elem>(out_scale * y)));
           res.attn[((b * H + h) * N + i) * dv + x] = a[x];
         }
       }
@@ -121,7 +124,7 @@ Problem<double> widen(const Problem<Elem>& src) {
   w.v = to_double(src.v);
   auto f2d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
   w.lq1 = f2d(src.lq1); w.lk1 = f2d(src.lk1); w.lq2 = f2d(src.lq2); w.lk2 = f2d(src.lk2);
-  w.gamma = f2d(src.gamma); w.beta = f2d(src.beta);
+  w.gamma = f2d(src.gamma); w.beta = f2d(src.beta); w.logits = f2d(src.logits);
   return w;
 }
 

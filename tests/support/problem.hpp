@@ -33,14 +33,19 @@ struct Shape {
   /// nonzero: lq1 = lk1 = sqrt(lambda_dot1 / d) everywhere, so that lambda = e^lambda_dot1 - ...
   /// (a large lambda with a representable output, unlike a large lambda_init)
   double lambda_dot1 = 0;
+  /// DIFF V2 (da::Variant::diff_v2): one K and a V of d channels per KV head, out of d channels,
+  /// lambda = sigmoid(logits) per (b, i, h) (random, spread logit_scale), no norm
+  bool v2 = false;
+  double logit_scale = 1.5;
+  i64 dv() const { return v2 ? d : 2 * d; }
   std::string str() const {
     char buf[256];
     std::snprintf(buf, sizeof buf,
                   "B=%lld N=%lld S=%lld H=%lld Hkv=%lld d=%lld mask=%d(%lld,%lld) norm=%d gamma=%d "
-                  "beta=%d per_head=%d lambda_init=%g lambda_dot1=%g",
+                  "beta=%d per_head=%d lambda_init=%g lambda_dot1=%g v2=%d",
                   (long long)B, (long long)N, (long long)S, (long long)H, (long long)Hkv,
                   (long long)d, int(mask), (long long)wl, (long long)wr, int(norm), int(gamma),
-                  int(beta), int(per_head), lambda_init, lambda_dot1);
+                  int(beta), int(per_head), lambda_init, lambda_dot1, int(v2));
     return buf;
   }
 };
@@ -63,6 +68,8 @@ T poison() {
 
 /// Owns every buffer of one problem in the official interleaved layout (or BHSD split layout),
 /// with random inputs (seeded) and poisoned outputs. Elem: element type, P: side type.
+/// DIFF V2 (Shape::v2): q as V1's ([B, N, 2H, d], pair h = heads 2h, 2h + 1), k and v
+/// [B, S, Hkv, d] (k2buf unused), logits [B, N, H], out [B, N, H, d]; split: BHSD q1, q2, k.
 template <class Elem>
 struct Problem {
   using P = da::param_t<Elem>;
@@ -70,10 +77,11 @@ struct Problem {
   bool split = false;  // false: official interleaved BSHD; true: separate Q1/Q2/K1/K2, BHSD
   std::vector<Elem> q, q2buf, k, k2buf, v, out, dout;
   std::vector<P> lq1, lk1, lq2, lk2, gamma, beta;
+  std::vector<P> logits;  // V2
   std::vector<P> lse1, lse2, attn, o2, rstd, mean;
   // gradients
   std::vector<Elem> dq, dq2buf, dk, dk2buf, dv;
-  std::vector<P> dlq1, dlk1, dlq2, dlk2, dgamma, dbeta;
+  std::vector<P> dlq1, dlk1, dlq2, dlk2, dgamma, dbeta, dlogits;
 
   Problem(const Shape& s, std::uint64_t seed, bool split_layout = false, double in_scale = 1.0)
       : sh(s), split(split_layout) {
@@ -84,17 +92,19 @@ struct Problem {
       vec.resize(n);
       for (auto& x : vec) x = from_double<T>(nd(rng) * sc);
     };
-    const i64 B = s.B, N = s.N, S = s.S, H = s.H, G = s.Hkv, d = s.d;
+    const i64 B = s.B, N = s.N, S = s.S, H = s.H, G = s.Hkv, d = s.d, dv = s.dv();
     const std::size_t nq = B * N * H * d, nk = B * S * G * d;
     if (split) {
       fill(q, nq, in_scale); fill(q2buf, nq, in_scale);
-      fill(k, nk, in_scale); fill(k2buf, nk, in_scale);
+      fill(k, nk, in_scale);
+      if (!s.v2) fill(k2buf, nk, in_scale);
     } else {
       fill(q, 2 * nq, in_scale);
-      fill(k, 2 * nk, in_scale);
+      fill(k, (s.v2 ? 1 : 2) * nk, in_scale);
     }
-    fill(v, B * S * G * 2 * d, 1.0);
-    fill(dout, B * N * H * 2 * d, 1.0);
+    fill(v, B * S * G * dv, 1.0);
+    fill(dout, B * N * H * dv, 1.0);
+    if (s.v2) fill(logits, B * N * H, s.logit_scale);
     const std::size_t nl = (s.per_head ? H : 1) * d;
     fill(lq1, nl, 0.1); fill(lk1, nl, 0.1); fill(lq2, nl, 0.1); fill(lk2, nl, 0.1);
     if (s.lambda_dot1 != 0) {
@@ -108,20 +118,22 @@ struct Problem {
   }
 
   void poison_outputs() {
-    const i64 B = sh.B, N = sh.N, S = sh.S, H = sh.H, G = sh.Hkv, d = sh.d;
+    const i64 B = sh.B, N = sh.N, S = sh.S, H = sh.H, G = sh.Hkv, d = sh.d, dvc = sh.dv();
     const std::size_t rows = B * H * N;
     const P pn = std::numeric_limits<P>::quiet_NaN();
-    out.assign(B * N * H * 2 * d, poison<Elem>());
+    out.assign(B * N * H * dvc, poison<Elem>());
     for (auto* t : {&lse1, &lse2, &rstd, &mean}) t->assign(rows, pn);
-    for (auto* t : {&attn, &o2}) t->assign(rows * 2 * d, pn);
+    for (auto* t : {&attn, &o2}) t->assign(rows * dvc, pn);
     if (split) {
       dq.assign(B * N * H * d, poison<Elem>()); dq2buf.assign(B * N * H * d, poison<Elem>());
-      dk.assign(B * S * G * d, poison<Elem>()); dk2buf.assign(B * S * G * d, poison<Elem>());
+      dk.assign(B * S * G * d, poison<Elem>());
+      if (!sh.v2) dk2buf.assign(B * S * G * d, poison<Elem>());
     } else {
       dq.assign(2 * B * N * H * d, poison<Elem>());
-      dk.assign(2 * B * S * G * d, poison<Elem>());
+      dk.assign((sh.v2 ? 1 : 2) * B * S * G * d, poison<Elem>());
     }
-    dv.assign(B * S * G * 2 * d, poison<Elem>());
+    dv.assign(B * S * G * dvc, poison<Elem>());
+    if (sh.v2) dlogits.assign(rows, pn);
     const std::size_t nl = (sh.per_head ? H : 1) * d;
     for (auto* t : {&dlq1, &dlk1, &dlq2, &dlk2}) t->assign(nl, pn);
     dgamma.assign(2 * d, pn);
@@ -131,6 +143,17 @@ struct Problem {
   da::Params params() {
     const i64 B = sh.B, N = sh.N, S = sh.S, H = sh.H, G = sh.Hkv, d = sh.d;
     da::Params p;
+    if (sh.v2) {
+      p = da::make_diff_v2_params(B, N, S, H, G, d, q.data(), k.data(), v.data(), logits.data(), out.data());
+      if (split) {
+        p.q1 = da::bhsd(q.data(), N, H, d);
+        p.q2 = da::bhsd(q2buf.data(), N, H, d);
+        p.k1 = da::bhsd(k.data(), S, G, d);
+      }
+      p.mask = {sh.mask, sh.wl, sh.wr};
+      p.extras = {lse1.data(), lse2.data(), attn.data(), o2.data(), rstd.data(), mean.data()};
+      return p;
+    }
     if (!split) {
       p = da::make_official_params(B, N, S, H, G, d, q.data(), k.data(), v.data(), out.data());
     } else {
@@ -140,11 +163,14 @@ struct Problem {
       p.q2 = da::bhsd(q2buf.data(), N, H, d);
       p.k1 = da::bhsd(k.data(), S, G, d);
       p.k2 = da::bhsd(k2buf.data(), S, G, d);
-      p.v = da::bshd(v.data(), S, G, 2 * d);
+      p.set_v(da::bshd(v.data(), S, G, 2 * d));
       p.out = da::bshd(out.data(), N, H, 2 * d);
     }
     p.mask = {sh.mask, sh.wl, sh.wr};
-    p.lambda = {lq1.data(), lk1.data(), lq2.data(), lk2.data(), sh.per_head, sh.lambda_init};
+    p.lambda.lq1 = lq1.data(); p.lambda.lk1 = lk1.data();
+    p.lambda.lq2 = lq2.data(); p.lambda.lk2 = lk2.data();
+    p.lambda.per_head = sh.per_head;
+    p.lambda.lambda_init = sh.lambda_init;
     p.norm.kind = sh.norm;
     p.norm.gamma = (sh.norm != da::NormKind::none && sh.gamma) ? gamma.data() : nullptr;
     p.norm.beta = (sh.norm == da::NormKind::group && sh.beta) ? beta.data() : nullptr;
@@ -158,7 +184,21 @@ struct Problem {
     bp.fwd.out = {};
     bp.fwd.extras = {};
     const i64 N = sh.N, S = sh.S, H = sh.H, G = sh.Hkv, d = sh.d;
-    bp.dout = da::bshd(dout.data(), N, H, 2 * d);
+    bp.dout = da::bshd(dout.data(), N, H, sh.dv());
+    if (sh.v2) {
+      if (!split) {
+        bp.grad.dq1 = {dq.data(), N * 2 * H * d, 2 * H * d, 2 * d};
+        bp.grad.dq2 = {dq.data() + d, N * 2 * H * d, 2 * H * d, 2 * d};
+        bp.grad.dk1 = da::bshd(dk.data(), S, G, d);
+      } else {
+        bp.grad.dq1 = da::bhsd(dq.data(), N, H, d);
+        bp.grad.dq2 = da::bhsd(dq2buf.data(), N, H, d);
+        bp.grad.dk1 = da::bhsd(dk.data(), S, G, d);
+      }
+      bp.grad.dv_lo = da::bshd(dv.data(), S, G, d);
+      bp.grad.dlogits = {dlogits.data(), N * H, H, 1};
+      return bp;
+    }
     if (!split) {
       bp.grad.dq1 = {dq.data(), N * 2 * H * d, 2 * H * d, 2 * d};
       bp.grad.dq2 = {dq.data() + d, N * 2 * H * d, 2 * H * d, 2 * d};
@@ -170,7 +210,7 @@ struct Problem {
       bp.grad.dk1 = da::bhsd(dk.data(), S, G, d);
       bp.grad.dk2 = da::bhsd(dk2buf.data(), S, G, d);
     }
-    bp.grad.dv = da::bshd(dv.data(), S, G, 2 * d);
+    bp.set_dv(da::bshd(dv.data(), S, G, 2 * d));
     bp.grad.dlq1 = dlq1.data(); bp.grad.dlk1 = dlk1.data();
     bp.grad.dlq2 = dlq2.data(); bp.grad.dlk2 = dlk2.data();
     bp.grad.dgamma = bp.fwd.norm.gamma ? dgamma.data() : nullptr;
@@ -187,15 +227,27 @@ struct Problem {
   }
   double k_at(int c, i64 b, i64 j, i64 g, i64 x) const {
     const i64 S = sh.S, G = sh.Hkv, d = sh.d;
+    if (sh.v2) return split ? to_d(k[((b * G + g) * S + j) * d + x]) : to_d(k[((b * S + j) * G + g) * d + x]);
     if (!split) return to_d(k[((b * S + j) * 2 * G + 2 * g + c) * d + x]);
     const auto& buf = c == 0 ? k : k2buf;
     return to_d(buf[((b * G + g) * S + j) * d + x]);
   }
   double v_at(i64 b, i64 j, i64 g, i64 x) const {
-    return to_d(v[((b * sh.S + j) * sh.Hkv + g) * 2 * sh.d + x]);
+    return to_d(v[((b * sh.S + j) * sh.Hkv + g) * sh.dv() + x]);
   }
   double out_at(i64 b, i64 i, i64 h, i64 x) const {
-    return to_d(out[((b * sh.N + i) * sh.H + h) * 2 * sh.d + x]);
+    return to_d(out[((b * sh.N + i) * sh.H + h) * sh.dv() + x]);
+  }
+  /// lambda of (b, i, h): V2 sigmoid(logits), V1 the vectors' value (same for every row)
+  double lambda_at(i64 b, i64 i, i64 h) const {
+    if (sh.v2) return 1.0 / (1.0 + std::exp(-double(logits[(b * sh.N + i) * sh.H + h])));
+    const i64 lo = sh.per_head ? h * sh.d : 0;
+    double dot1 = 0, dot2 = 0;
+    for (i64 x = 0; x < sh.d; ++x) {
+      dot1 += double(lq1[lo + x]) * double(lk1[lo + x]);
+      dot2 += double(lq2[lo + x]) * double(lk2[lo + x]);
+    }
+    return std::exp(dot1) - std::exp(dot2) + sh.lambda_init;
   }
   template <class T>
   static double to_d(T x) {
@@ -258,7 +310,7 @@ template <class Elem>
 LoopResult loop_forward(const Problem<Elem>& pr, const std::function<bool(i64, i64)>& visible,
                         bool use_lambda_vectors = true) {
   const Shape& s = pr.sh;
-  const i64 N = s.N, S = s.S, H = s.H, d = s.d, dv = 2 * d, rep = s.H / s.Hkv;
+  const i64 N = s.N, S = s.S, H = s.H, d = s.d, dv = s.dv(), rep = s.H / s.Hkv;
   const double scale = 1.0 / std::sqrt(double(d));
   LoopResult r;
   r.out.assign(s.B * N * H * dv, 0);
@@ -268,14 +320,8 @@ LoopResult loop_forward(const Problem<Elem>& pr, const std::function<bool(i64, i
   for (i64 b = 0; b < s.B; ++b)
     for (i64 h = 0; h < H; ++h) {
       const i64 g = h / rep;
-      const i64 lo = s.per_head ? h * d : 0;
-      double dot1 = 0, dot2 = 0;
-      for (i64 x = 0; x < d; ++x) {
-        dot1 += double(pr.lq1[lo + x]) * double(pr.lk1[lo + x]);
-        dot2 += double(pr.lq2[lo + x]) * double(pr.lk2[lo + x]);
-      }
-      const double lambda = std::exp(dot1) - std::exp(dot2) + s.lambda_init;
       for (i64 i = 0; i < N; ++i) {
+        const double lambda = pr.lambda_at(b, i, h);
         std::vector<double> o[2] = {std::vector<double>(dv, 0), std::vector<double>(dv, 0)};
         for (int c = 0; c < 2; ++c) {
           double mx = -INFINITY;
@@ -308,10 +354,10 @@ LoopResult loop_forward(const Problem<Elem>& pr, const std::function<bool(i64, i
         for (i64 x = 0; x < dv; ++x) {
           double y = a[x];
           const double gm = s.gamma ? double(pr.gamma[x]) : 1.0;
-          if (s.norm == da::NormKind::rms) y = a[x] / std::sqrt(ms + 1e-5) * gm;
-          if (s.norm == da::NormKind::group)
+          if (!s.v2 && s.norm == da::NormKind::rms) y = a[x] / std::sqrt(ms + 1e-5) * gm;
+          if (!s.v2 && s.norm == da::NormKind::group)
             y = (a[x] - mean) / std::sqrt(var + 1e-5) * gm + (s.beta ? double(pr.beta[x]) : 0.0);
-          r.out[((b * N + i) * H + h) * dv + x] = (1 - s.lambda_init) * y;
+          r.out[((b * N + i) * H + h) * dv + x] = (s.v2 ? 1.0 : 1 - s.lambda_init) * y;
           r.attn[((b * H + h) * N + i) * dv + x] = a[x];
         }
       }
@@ -333,5 +379,47 @@ inline std::function<bool(i64, i64)> spec_mask(const Shape& s) {
     default: return [](i64, i64) { return true; };
   }
 }
+
+}  // namespace dt
+
+namespace dt {
+
+/// The numbers of an official-layout V1 Problem (not split) laid out as HF DiffLlama holds them
+/// (q [B, N, 2H, d], k and v [B, S, 2Hkv, d]: query head i is q1 of diff head i and query head
+/// i + H its q2; KV head g is K_1 / V's lower half of group g, KV head g + Hkv K_2 / V's upper
+/// half), with its own poisoned out [B, N, H, 2d], and params through make_diffllama_params.
+template <class Elem>
+struct DiffLlamaCopy {
+  std::vector<Elem> q, k, v, out;
+  da::Params p;
+  explicit DiffLlamaCopy(Problem<Elem>& pr) {
+    const Shape& s = pr.sh;
+    REQUIRE(!pr.split);
+    REQUIRE(!s.v2);
+    const i64 B = s.B, N = s.N, S = s.S, H = s.H, G = s.Hkv, d = s.d;
+    q.resize(pr.q.size()); k.resize(pr.k.size()); v.resize(pr.v.size());
+    for (i64 b = 0; b < B; ++b)
+      for (i64 i = 0; i < N; ++i)
+        for (i64 h = 0; h < H; ++h)
+          for (int c = 0; c < 2; ++c)
+            for (i64 x = 0; x < d; ++x)
+              q[((b * N + i) * 2 * H + c * H + h) * d + x] = pr.q[((b * N + i) * 2 * H + 2 * h + c) * d + x];
+    for (i64 b = 0; b < B; ++b)
+      for (i64 j = 0; j < S; ++j)
+        for (i64 g = 0; g < G; ++g)
+          for (int c = 0; c < 2; ++c)
+            for (i64 x = 0; x < d; ++x) {
+              k[((b * S + j) * 2 * G + c * G + g) * d + x] = pr.k[((b * S + j) * 2 * G + 2 * g + c) * d + x];
+              v[((b * S + j) * 2 * G + c * G + g) * d + x] = pr.v[((b * S + j) * G + g) * 2 * d + c * d + x];
+            }
+    out.assign(pr.out.size(), poison<Elem>());
+    const da::Params official = pr.params();
+    p = da::make_diffllama_params(B, N, S, 2 * H, 2 * G, d, q.data(), k.data(), v.data(), out.data());
+    p.mask = official.mask;
+    p.lambda = official.lambda;
+    p.norm = official.norm;
+    p.softmax_scale = official.softmax_scale;
+  }
+};
 
 }  // namespace dt

@@ -5,6 +5,8 @@
 // pairs are not counted (causal with N = S is about half), whether a kernel computes them or not.
 // Backward, per pair: recompute Q_c K_c^T (4d), dP_c = dO_c V^T (8d), dV (8d), dQ_c (4d),
 // dK_c (4d): 28 d. Softmax, lambda and the norm are O(N d) and not counted.
+// DIFF V2 (V of d channels): forward 2 * 2d + 2 * 2d = 8 d per pair; backward Q_c K^T (4d),
+// dP_c (4d), dV (4d), dQ_c (4d), dK (4d): 20 d.
 #pragma once
 
 #include <cstdint>
@@ -17,12 +19,12 @@ DIFFATTN_NAMESPACE_BEGIN
 
 inline double forward_flops(const Params& p) {
   const double pairs = static_cast<double>(visible_pairs(make_row_mask(p), p.seqlen_q));
-  return 12.0 * static_cast<double>(p.head_dim) * pairs * static_cast<double>(p.batch * p.heads);
+  return (p.is_v2() ? 8.0 : 12.0) * static_cast<double>(p.head_dim) * pairs * static_cast<double>(p.batch * p.heads);
 }
 
 inline double backward_flops(const Params& p) {
   const double pairs = static_cast<double>(visible_pairs(make_row_mask(p), p.seqlen_q));
-  return 28.0 * static_cast<double>(p.head_dim) * pairs * static_cast<double>(p.batch * p.heads);
+  return (p.is_v2() ? 20.0 : 28.0) * static_cast<double>(p.head_dim) * pairs * static_cast<double>(p.batch * p.heads);
 }
 
 DIFFATTN_NAMESPACE_END

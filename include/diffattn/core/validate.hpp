@@ -225,6 +225,25 @@ inline void add_side(std::vector<Layout>& layouts, const char* name, const void*
   layouts.push_back(L);
 }
 
+/// Records DIFF V2's strided [B, N, H] lambda logits (one fp32/f64 value per (b, i, h)).
+inline Status add_logits(std::vector<Layout>& layouts, const char* name, const ConstTensorRef& t,
+                         std::int64_t batch, std::int64_t N, std::int64_t H, std::int64_t elem,
+                         bool output) {
+  if (t.ptr == nullptr) return Status::Invalid(std::string(name) + " is null");
+  if (reinterpret_cast<std::uintptr_t>(t.ptr) % elem != 0)
+    return Status::Invalid(std::string(name) + " is not aligned to its element size");
+  Layout L;
+  L.name = name;
+  L.addr = reinterpret_cast<std::uintptr_t>(t.ptr);
+  L.size[0] = batch; L.size[1] = N; L.size[2] = H;
+  L.stride[0] = t.stride_b; L.stride[1] = t.stride_t; L.stride[2] = t.stride_h;
+  L.channels = 1;
+  L.elem = elem;
+  L.output = output;
+  layouts.push_back(L);
+  return Status::Ok();
+}
+
 /// Shared by forward and backward: sizes, options, inputs; collects layouts of the inputs and
 /// of the forward outputs (when `with_forward_outputs`) for the overlap checks.
 inline Status validate_common(const Params& p, const BackendCaps& caps, bool with_forward_outputs,
@@ -291,30 +310,56 @@ inline Status validate_common(const Params& p, const BackendCaps& caps, bool wit
       return bad("mask.kind: unknown mask kind " + std::to_string(static_cast<int>(m.kind)));
   }
 
+  const int var = static_cast<int>(p.variant);
+  if (var < 0 || var > 1) return bad("variant: unknown variant " + std::to_string(var));
+  const bool v2 = p.is_v2();
+
   // lambda
   const LambdaParams& l = p.lambda;
-  if (!std::isfinite(l.lambda_init)) return bad("lambda.lambda_init must be finite");
   const char* lnames[4] = {"lambda.lq1", "lambda.lk1", "lambda.lq2", "lambda.lk2"};
   const void* lptrs[4] = {l.lq1, l.lk1, l.lq2, l.lk2};
   const bool dbl = p.dtype == DType::f64;
   const std::int64_t pelem = dbl ? 8 : 4;
   std::int64_t lam_len = 0, lam_bytes = 0;
-  if (!mul_ok(l.per_head ? p.heads : 1, p.head_dim, &lam_len) || !mul_ok(lam_len, pelem, &lam_bytes))
-    return bad("lambda: heads * head_dim elements of a per-head lambda vector overflow int64");
-  for (int i = 0; i < 4; ++i) {
-    if (lptrs[i] == nullptr) return bad(std::string(lnames[i]) + " is null");
-    if (reinterpret_cast<std::uintptr_t>(lptrs[i]) % pelem != 0)
-      return bad(std::string(lnames[i]) + " is not aligned to its element size");
+  if (v2) {
+    for (int i = 0; i < 4; ++i)
+      if (lptrs[i] != nullptr)
+        return bad(std::string(lnames[i]) + " is set, but DIFF V2 takes lambda from lambda.logits");
+    if (l.per_head) return bad("lambda.per_head is set, but DIFF V2 takes lambda per token and head from lambda.logits");
+    if (l.lambda_init_set())
+      return bad("lambda.lambda_init is set, but DIFF V2 has no lambda_init (no 1 - lambda_init factor): leave it unset");
+    if (l.logits.ptr == nullptr) return bad("lambda.logits is null (DIFF V2 needs the [B, N, H] fp32 lambda logits)");
+    if (reinterpret_cast<std::uintptr_t>(l.logits.ptr) % pelem != 0)
+      return bad("lambda.logits is not aligned to its element size");
+  } else {
+    if (!l.lambda_init_set())
+      return bad("lambda.lambda_init is unset: set the layer's value, lambda_init_for_depth(layer) with the "
+                 "0-based layer index for the paper's schedule");
+    if (!std::isfinite(l.lambda_init)) return bad("lambda.lambda_init must be finite");
+    if (l.logits.ptr != nullptr) return bad("lambda.logits is set, but only DIFF V2 (Variant::diff_v2) reads it");
+    if (!mul_ok(l.per_head ? p.heads : 1, p.head_dim, &lam_len) || !mul_ok(lam_len, pelem, &lam_bytes))
+      return bad("lambda: heads * head_dim elements of a per-head lambda vector overflow int64");
+    for (int i = 0; i < 4; ++i) {
+      if (lptrs[i] == nullptr) return bad(std::string(lnames[i]) + " is null");
+      if (reinterpret_cast<std::uintptr_t>(lptrs[i]) % pelem != 0)
+        return bad(std::string(lnames[i]) + " is not aligned to its element size");
+    }
   }
 
   // norm
   const NormParams& nm = p.norm;
-  if (nm.kind != NormKind::none && nm.kind != NormKind::rms && nm.kind != NormKind::group)
+  if (nm.kind != NormKind::unset && nm.kind != NormKind::none && nm.kind != NormKind::rms &&
+      nm.kind != NormKind::group)
     return bad("norm.kind: unknown norm kind " + std::to_string(static_cast<int>(nm.kind)));
+  if (v2 && nm.kind != NormKind::unset && nm.kind != NormKind::none)
+    return bad("norm.kind: DIFF V2 has no per-head norm (leave norm.kind none)");
+  if (!v2 && nm.kind == NormKind::unset)
+    return bad("norm.kind is unset: NormKind::rms (official; gamma null for no weight, as DiffLlama), "
+               "NormKind::group or NormKind::none");
   if (nm.kind != NormKind::none && !(nm.eps >= kMinNormEps && std::isfinite(nm.eps)))
     return bad("norm.eps must be finite and >= 1e-30 (got " + std::to_string(nm.eps) +
                "; below about 1e-77, 1/sqrt(eps) overflows fp32 and a fully masked row would be NaN)");
-  if (nm.kind == NormKind::none && (nm.gamma || nm.beta))
+  if ((nm.kind == NormKind::none || nm.kind == NormKind::unset) && (nm.gamma || nm.beta))
     return bad("norm.gamma/norm.beta are set but norm.kind is none");
   if (nm.kind == NormKind::rms && nm.beta)
     return bad("norm.beta: only NormKind::group has a bias");
@@ -331,20 +376,28 @@ inline Status validate_common(const Params& p, const BackendCaps& caps, bool wit
   if (!(s = in("q1", p.q1, N, H, d)).ok()) return s;
   if (!(s = in("q2", p.q2, N, H, d)).ok()) return s;
   if (!(s = in("k1", p.k1, S, G, d)).ok()) return s;
-  if (!(s = in("k2", p.k2, S, G, d)).ok()) return s;
-  if (!(s = in("v", p.v, S, G, 2 * d)).ok()) return s;
+  const std::int64_t dv = p.value_dim();
+  if (v2) {
+    if (p.k2.ptr != nullptr) return bad("k2 is set, but in DIFF V2 both query heads of a pair read K through k1: leave k2 null");
+    if (p.v_hi.ptr != nullptr) return bad("v_hi is set, but DIFF V2's V has d channels, all in v_lo: leave v_hi null");
+  } else if (!(s = in("k2", p.k2, S, G, d)).ok()) {
+    return s;
+  }
+  if (!(s = in("v_lo", p.v_lo, S, G, d)).ok()) return s;
+  if (!v2 && !(s = in("v_hi", p.v_hi, S, G, d)).ok()) return s;
   if (with_forward_outputs) {
-    if (!(s = add_tensor(layouts, caps, p.dtype, p.batch, "out", p.out.ptr, p.out.stride_b, p.out.stride_t, p.out.stride_h, N, H, 2 * d, true)).ok())
+    if (!(s = add_tensor(layouts, caps, p.dtype, p.batch, "out", p.out.ptr, p.out.stride_b, p.out.stride_t, p.out.stride_h, N, H, dv, true)).ok())
       return s;
   }
+  if (v2 && !(s = add_logits(layouts, "lambda.logits", l.logits, p.batch, N, H, pelem, false)).ok()) return s;
   // side inputs as contiguous vectors (they may alias each other; outputs may not touch them)
   for (int i = 0; i < 4; ++i) add_side(layouts, lnames[i], lptrs[i], lam_len, pelem, false);
   add_side(layouts, "norm.gamma", nm.gamma, 2 * d, pelem, false);
   add_side(layouts, "norm.beta", nm.beta, 2 * d, pelem, false);
   if (with_forward_outputs) {
     std::int64_t rows, elems;
-    if (!mul_ok(p.batch, H, &rows) || !mul_ok(rows, N, &rows) || !mul_ok(rows, 2 * d, &elems))
-      return bad("batch * heads * seqlen_q * 2 * head_dim overflows int64");
+    if (!mul_ok(p.batch, H, &rows) || !mul_ok(rows, N, &rows) || !mul_ok(rows, dv, &elems))
+      return bad("batch * heads * seqlen_q * value channels overflows int64");
     const ForwardExtras& x = p.extras;
     const char* xn[6] = {"extras.lse1", "extras.lse2", "extras.attn", "extras.o2", "extras.rstd", "extras.mean"};
     void* xp[6] = {x.lse1, x.lse2, x.attn, x.o2, x.rstd, x.mean};
@@ -366,6 +419,19 @@ inline Status check_side_values(const Params& p, const BackendCaps& caps) {
   const bool dbl = p.dtype == DType::f64;
   const LambdaParams& l = p.lambda;
   const std::int64_t heads = l.per_head ? p.heads : 1, d = p.head_dim;
+  if (p.is_v2()) {  // sigmoid of any finite logit is in (0, 1): finite is all that is needed
+    const char* base = static_cast<const char*>(l.logits.ptr);
+    const std::int64_t esz = dbl ? 8 : 4;
+    for (std::int64_t b = 0; b < p.batch; ++b)
+      for (std::int64_t i = 0; i < p.seqlen_q; ++i)
+        for (std::int64_t h = 0; h < p.heads; ++h) {
+          const std::int64_t off = (b * l.logits.stride_b + i * l.logits.stride_t + h * l.logits.stride_h) * esz;
+          if (has_nan_or_inf(base + off, 1, dbl))
+            return Status::Invalid("lambda.logits contains NaN or infinity (at b = " + std::to_string(b) +
+                                   ", token " + std::to_string(i) + ", head " + std::to_string(h) + ")");
+        }
+    return Status::Ok();
+  }
   const char* lnames[4] = {"lambda.lq1", "lambda.lk1", "lambda.lq2", "lambda.lk2"};
   const void* lptrs[4] = {l.lq1, l.lk1, l.lq2, l.lk2};
   for (int i = 0; i < 4; ++i)
@@ -428,17 +494,28 @@ inline Status validate(const BackwardParams& bp, const BackendCaps& caps = {}) {
                               t.stride_h, T, heads, ch, output);
   };
   const Gradients& g = bp.grad;
-  if (!(s = tensor("dout", bp.dout, N, H, 2 * d, false)).ok()) return s;
+  const bool v2 = p.is_v2();
+  if (!(s = tensor("dout", bp.dout, N, H, p.value_dim(), false)).ok()) return s;
   if (!(s = tensor("grad.dq1", g.dq1, N, H, d, true)).ok()) return s;
   if (!(s = tensor("grad.dq2", g.dq2, N, H, d, true)).ok()) return s;
   if (!(s = tensor("grad.dk1", g.dk1, S, G, d, true)).ok()) return s;
-  if (!(s = tensor("grad.dk2", g.dk2, S, G, d, true)).ok()) return s;
-  if (!(s = tensor("grad.dv", g.dv, S, G, 2 * d, true)).ok()) return s;
+  if (!(s = tensor("grad.dv_lo", g.dv_lo, S, G, d, true)).ok()) return s;
+  if (v2) {
+    if (g.dk2.ptr != nullptr) return Status::Invalid("grad.dk2 is set, but DIFF V2 has one K: its gradient is grad.dk1");
+    if (g.dv_hi.ptr != nullptr) return Status::Invalid("grad.dv_hi is set, but DIFF V2's V has d channels: its gradient is grad.dv_lo");
+    if (!(s = detail::add_logits(layouts, "grad.dlogits", g.dlogits, p.batch, N, H, pelem, true)).ok()) return s;
+  } else {
+    if (!(s = tensor("grad.dk2", g.dk2, S, G, d, true)).ok()) return s;
+    if (!(s = tensor("grad.dv_hi", g.dv_hi, S, G, d, true)).ok()) return s;
+    if (g.dlogits.ptr != nullptr) return Status::Invalid("grad.dlogits is set, but only DIFF V2 has lambda logits");
+  }
   const std::int64_t lam_len = (p.lambda.per_head ? H : 1) * d;
   const char* names[6] = {"grad.dlq1", "grad.dlk1", "grad.dlq2", "grad.dlk2", "grad.dgamma", "grad.dbeta"};
   void* ptrs[6] = {g.dlq1, g.dlk1, g.dlq2, g.dlk2, g.dgamma, g.dbeta};
-  const bool needed[6] = {true, true, true, true, p.norm.gamma != nullptr, p.norm.beta != nullptr};
+  const bool needed[6] = {!v2, !v2, !v2, !v2, p.norm.gamma != nullptr, p.norm.beta != nullptr};
   for (int i = 0; i < 6; ++i) {
+    if (v2 && ptrs[i] != nullptr && i < 4)
+      return Status::Invalid(std::string(names[i]) + " is set, but DIFF V2 has no lambda vectors (its gradient is grad.dlogits)");
     if (needed[i] && ptrs[i] == nullptr)
       return Status::Invalid(std::string(names[i]) + " is null" +
                              (i >= 4 ? std::string(" but the norm has that weight") : std::string()));

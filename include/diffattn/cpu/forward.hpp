@@ -98,7 +98,7 @@ inline Plan make_plan(const Params& p, const Options& o, Isa isa) {
   int t = o.num_threads > 0 ? o.num_threads : static_cast<int>(std::thread::hardware_concurrency());
   t = std::max(t, 1);
   pl.geo.d = p.head_dim;
-  pl.geo.dv = 2 * p.head_dim;
+  pl.geo.dv = p.value_dim();
   pl.geo.bm = amx_items(isa, p.dtype, p.head_dim) ? kBlockMAmx : kBlockM;
   pl.nqb = (p.seqlen_q + pl.geo.bm - 1) / pl.geo.bm;
   pl.units = p.batch * p.heads * pl.nqb;

@@ -63,13 +63,15 @@ inline BackendCaps caps() {
   return c;
 }
 
-/// Calls f(ForwardTraits<fmt, d>{}) for the shipped configuration of (dtype, head_dim) and
-/// returns its status, or `unsupported` naming the configuration that is not built.
+/// Calls f(ForwardTraits<fmt, d>{}) (DIFF V1) or f(ForwardTraitsV2<fmt, d>{}) (DIFF V2) for the
+/// shipped configuration of (dtype, head_dim) and returns its status, or `unsupported` naming the
+/// configuration that is not built. Every (fmt, d) of the list is built for both variants.
 template <class F>
-Status dispatch_forward(DType dtype, std::int64_t head_dim, F&& f) {
-#define DIFFATTN_X(fmt, d)                                               \
-  if (dtype == DType::fmt && head_dim == d) {                            \
-    return f(ForwardTraits<simt::fmt16::fmt, d>{});                      \
+Status dispatch_forward(DType dtype, std::int64_t head_dim, Variant variant, F&& f) {
+#define DIFFATTN_X(fmt, d)                                                                         \
+  if (dtype == DType::fmt && head_dim == d) {                                                      \
+    return variant == Variant::diff_v2 ? f(ForwardTraitsV2<simt::fmt16::fmt, d>{})                  \
+                                       : f(ForwardTraits<simt::fmt16::fmt, d>{});                   \
   }
   DIFFATTN_CUDA_FORWARD_CONFIGS(DIFFATTN_X)
 #undef DIFFATTN_X
@@ -79,7 +81,11 @@ Status dispatch_forward(DType dtype, std::int64_t head_dim, F&& f) {
 }
 
 /// Checks what validate() cannot: options this kernel does not produce, grid limits.
-inline Status check_forward_support(const Params& p, std::int64_t block_m, bool single_pass) {
+inline Status check_forward_support(const Params& p, std::int64_t block_m, bool single_pass, bool v2) {
+  if (p.is_v2() != v2)
+    return Status::Invalid(std::string("variant: this cuda configuration computes DIFF ") + (v2 ? "V2" : "V1") +
+                                   " (ForwardTraits' V2 parameter) but the params ask for DIFF " +
+                                   (p.is_v2() ? "V2" : "V1"));
   if (p.extras.o2 != nullptr && !single_pass)
     return Status::Unsupported("extras.o2: this head dim runs the two-pass cuda forward (one accumulator), "
                                "which does not produce O_2");
@@ -97,9 +103,9 @@ template <class Launch>
 Status validate_and_dispatch(const Params& p, const BackendCaps& caps, Launch&& launch) {
   Status s = validate(p, caps);
   if (!s.ok()) return s;
-  return dispatch_forward(p.dtype, p.head_dim, [&](auto traits) {
+  return dispatch_forward(p.dtype, p.head_dim, p.variant, [&](auto traits) {
     using Tr = decltype(traits);
-    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass);
+    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass, Tr::kV2);
     if (!sup.ok()) return sup;
     return launch(traits);
   });

@@ -55,7 +55,7 @@ Status forward_config(const Params& p, cudaStream_t stream) {
   c.dtype_mask = 1u << static_cast<int>(Traits::kDType);
   Status s = validate(p, c);
   if (!s.ok()) return s;
-  Status sup = check_forward_support(p, Traits::kBlockM, Traits::kSinglePass);
+  Status sup = check_forward_support(p, Traits::kBlockM, Traits::kSinglePass, Traits::kV2);
   if (!sup.ok()) return sup;
   return detail::launch_forward<Traits>(p, stream);
 }

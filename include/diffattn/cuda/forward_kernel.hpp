@@ -17,6 +17,10 @@
 // GEMMs, row softmax, epilogue); the epilogue: the norm, gamma, beta, (1 - lambda_init), the
 // 16-bit store, LSE_1, LSE_2 and the requested extras.
 //
+// DIFF V2 (Traits::kV2, single pass): Q_1 and Q_2 are the two query heads of a pair, both
+// against one K tile stream (each K fragment serves both score products) and one V of d channels;
+// A = O_1 - sigmoid(z_i) O_2 per row i with z the caller's logits; no norm, no (1 - lambda_init).
+//
 // Non-finite input: a NaN or Inf in a V row that some rows of a block cannot see (masked, or
 // past the end of a ragged key tile is never read: those rows are zero-filled) reaches those
 // rows as 0 * Inf = NaN, because P V multiplies whole key tiles; masking gives P = 0 exactly, so
@@ -43,7 +47,9 @@ namespace cuda {
 
 /// Everything the kernel reads, by value (kernel parameter). Built by make_forward_args().
 struct ForwardArgs {
-  ConstTensorRef q1, q2, k1, k2, v;
+  ConstTensorRef q1, q2, k1, k2;
+  ConstTensorRef v_lo, v_hi;  ///< V's two halves of d channels (V2: v_lo only)
+  ConstTensorRef logits;      ///< V2: lambda logits [B, N, H] fp32
   std::int64_t batch, seqlen_q, seqlen_k, heads, n_rep, head_dim;
   float scale_log2;  ///< softmax scale * log2(e): scores live in the base-2 domain
   RowMask mask;
@@ -55,7 +61,8 @@ struct ForwardArgs {
 
 inline ForwardArgs make_forward_args(const Params& p) {
   ForwardArgs a{};
-  a.q1 = p.q1; a.q2 = p.q2; a.k1 = p.k1; a.k2 = p.k2; a.v = p.v;
+  a.q1 = p.q1; a.q2 = p.q2; a.k1 = p.k1; a.k2 = p.key2(); a.v_lo = p.v_lo; a.v_hi = p.v_hi;
+  a.logits = p.lambda.logits;
   a.batch = p.batch; a.seqlen_q = p.seqlen_q; a.seqlen_k = p.seqlen_k;
   a.heads = p.heads; a.n_rep = p.n_rep(); a.head_dim = p.head_dim;
   a.scale_log2 = static_cast<float>(p.scale() * 1.4426950408889634);
@@ -70,9 +77,9 @@ inline ForwardArgs make_forward_args(const Params& p) {
   e.out = p.out;
   e.seqlen_q = p.seqlen_q;
   e.heads = p.heads;
-  e.norm_kind = static_cast<int>(p.norm.kind);
+  e.norm_kind = static_cast<int>(p.norm_kind());
   e.eps = static_cast<float>(p.norm.eps);
-  e.lambda_init = static_cast<float>(p.lambda.lambda_init);
+  e.lambda_init = static_cast<float>(1.0 - p.out_scale());  // the epilogue scales by 1 - this
   e.gamma = static_cast<const float*>(p.norm.gamma);
   e.beta = static_cast<const float*>(p.norm.beta);
   e.lse1 = static_cast<float*>(p.extras.lse1);
@@ -92,7 +99,10 @@ struct DiffAttnForwardKernel {
   using QLoader = detail::TileLoader<T::kThreads, T::kBlockM, T::kHeadDim, T::kQStride>;
   using KLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kHeadDim, T::kQStride>;
   using K1Loader = detail::TileLoader<T::kThreads, T::kBlockN1, T::kHeadDim, T::kQStride>;
-  using VLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kValueDim, T::kVStride>;
+  // V moves as its halves of d channels (v_lo into channels [0, d) of the shared tile, v_hi into
+  // [d, 2d)), each its own strided view (HF DiffLlama's V halves are two KV heads)
+  using VLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kHeadDim, T::kVStride>;
+  static constexpr int kVHalves = T::kV2 ? 1 : 2;
 
   DIFFATTN_DEVICE void operator()(ForwardArgs a) const {
     using simt::smem_ptr;
@@ -106,7 +116,7 @@ struct DiffAttnForwardKernel {
 
     const smem_ptr<std::uint16_t> smem = simt::shared_memory<std::uint16_t>();
     const smem_ptr<std::uint16_t> sQ[2] = {smem + T::kOffQ1, smem + T::kOffQ2};
-    auto sK = [&](int stage, int c) { return smem + (T::kOffK + (stage * 2 + c) * T::kKTileElems); };
+    auto sK = [&](int stage, int c) { return smem + (T::kOffK + (stage * T::kKComps + c) * T::kKTileElems); };
     auto sK1 = [&](int stage, int c) { return smem + (T::kOffK + (stage * 2 + c) * T::kK1TileElems); };
     auto sV = [&](int stage) { return smem + (T::kOffV + stage * T::kVTileElems); };
 
@@ -115,12 +125,15 @@ struct DiffAttnForwardKernel {
       return static_cast<const std::uint16_t*>(r.ptr) + bb * r.stride_b + hh * r.stride_h;
     };
     const std::uint16_t* gK[2] = {base(a.k1, b, kvg), base(a.k2, b, kvg)};
-    const std::uint16_t* gV = base(a.v, b, kvg);
+    const std::uint16_t* gV[2] = {base(a.v_lo, b, kvg), T::kV2 ? nullptr : base(a.v_hi, b, kvg)};
 
-    // lambda, from the four vectors (every thread: 2d multiply-adds, no host synchronisation)
-    const std::int64_t loff = a.lambda_per_head ? h * a.head_dim : 0;
-    const float lambda = lambda_terms<float>(a.lq1 + loff, a.lk1 + loff, a.lq2 + loff, a.lk2 + loff,
-                                             a.head_dim).value(a.ep.lambda_init);
+    // V1: lambda, from the four vectors (every thread: 2d multiply-adds, no host synchronisation)
+    float lambda = 0.f;
+    if constexpr (!T::kV2) {
+      const std::int64_t loff = a.lambda_per_head ? h * a.head_dim : 0;
+      lambda = lambda_terms<float>(a.lq1 + loff, a.lk1 + loff, a.lq2 + loff, a.lk2 + loff, a.head_dim)
+                   .value(a.ep.lambda_init);
+    }
 
     // the key tiles any row of this block can see, and which of them need per-element masking
     const std::int64_t last_row = (m0 + T::kBlockM < N ? m0 + T::kBlockM : N) - 1;
@@ -169,21 +182,23 @@ struct DiffAttnForwardKernel {
       scale_mask(s, static_cast<std::int64_t>(nb) * T::kBlockN);
     };
     KLoader kl[2] = {KLoader(gK[0], a.k1.stride_t, tid), KLoader(gK[1], a.k2.stride_t, tid)};
-    VLoader vl(gV, a.v.stride_t, tid);
+    VLoader vl[2] = {VLoader(gV[0], a.v_lo.stride_t, tid), VLoader(gV[1], a.v_hi.stride_t, tid)};
 
     // the K1, K2, V tiles of the single pass and of pass 2: the visible range, loaders moved to its
     // first tile
     auto kv_tiles = [&](int& nb_begin, int& nb_end) {
       tile_range(T::kBlockN, nb_begin, nb_end);
-      kl[0].skip(nb_begin);
-      kl[1].skip(nb_begin);
-      vl.skip(nb_begin);
+      DIFFATTN_UNROLL
+      for (int c = 0; c < T::kKComps; ++c) kl[c].skip(nb_begin);
+      DIFFATTN_UNROLL
+      for (int hv = 0; hv < kVHalves; ++hv) vl[hv].skip(nb_begin);
     };
     auto load_kv = [&](int stage, int nb) {
       const std::int64_t rows = S - static_cast<std::int64_t>(nb) * T::kBlockN;
-      kl[0].load(sK(stage, 0), rows);
-      kl[1].load(sK(stage, 1), rows);
-      vl.load(sV(stage), rows);
+      DIFFATTN_UNROLL
+      for (int c = 0; c < T::kKComps; ++c) kl[c].load(sK(stage, c), rows);
+      DIFFATTN_UNROLL
+      for (int hv = 0; hv < kVHalves; ++hv) vl[hv].load(sV(stage) + hv * T::kHeadDim, rows);
     };
 
     float acc[T::kOTiles][4];
@@ -210,13 +225,20 @@ struct DiffAttnForwardKernel {
           [&](int stage, int nb) {
             float s[2][T::kSTiles][4];
             std::uint32_t p[2][T::kPVSteps][4];
-            scores(s[0], 0, sK(stage, 0), nb);
+            if constexpr (T::kV2) {  // one K tile, each K fragment for both query heads
+              detail::mma_abt2<F, T::kQKSteps, T::kSTiles>(s[0], s[1], q_from_smem(0), q_from_smem(1), sK(stage, 0),
+                                                           T::kQStride, lane);
+              scale_mask(s[0], static_cast<std::int64_t>(nb) * T::kBlockN);
+              scale_mask(s[1], static_cast<std::int64_t>(nb) * T::kBlockN);
+            } else {
+              scores(s[0], 0, sK(stage, 0), nb);
+            }
             sm[0].step(s[0], [&](int r, float f) {
               DIFFATTN_UNROLL
               for (int nt = 0; nt < T::kOTiles; ++nt) { acc[nt][2 * r] *= f; acc[nt][2 * r + 1] *= f; }
             });
             detail::pack_a_frags<F, T::kPVSteps>(s[0], p[0]);
-            scores(s[1], 1, sK(stage, 1), nb);
+            if constexpr (!T::kV2) scores(s[1], 1, sK(stage, 1), nb);
             sm[1].step(s[1], [&](int r, float f) {
               DIFFATTN_UNROLL
               for (int nt = 0; nt < T::kOTiles; ++nt) { acc2[nt][2 * r] *= f; acc2[nt][2 * r + 1] *= f; }
@@ -230,10 +252,19 @@ struct DiffAttnForwardKernel {
         DIFFATTN_UNROLL
         for (int r = 0; r < 2; ++r) lse[c][r] = sm[c].lse(r);
       }
-      // A = O_1 - lambda O_2 with O_c = acc_c / l_c (0 for a fully masked row), into acc
+      // A = O_1 - lambda O_2 with O_c = acc_c / l_c (0 for a fully masked row), into acc; V2:
+      // lambda of the row, sigmoid of its logit
       const std::int64_t row0 = (b * a.heads + h) * N;
       DIFFATTN_UNROLL
       for (int r = 0; r < 2; ++r) {
+        float lam = lambda;
+        if constexpr (T::kV2) {
+          if (row_i[r] < N) {
+            const float z = static_cast<const float*>(a.logits.ptr)[b * a.logits.stride_b + row_i[r] * a.logits.stride_t +
+                                                                    h * a.logits.stride_h];
+            lam = 1.f / (1.f + expf(-z));
+          }
+        }
         const float inv1 = sm[0].l[r] > 0.f ? 1.f / sm[0].l[r] : 0.f;
         const float inv2 = sm[1].l[r] > 0.f ? 1.f / sm[1].l[r] : 0.f;
         const std::int64_t i = row_i[r];
@@ -242,7 +273,7 @@ struct DiffAttnForwardKernel {
           DIFFATTN_UNROLL
           for (int e = 0; e < 2; ++e) {
             const float o2 = acc2[nt][2 * r + e] * inv2;
-            acc[nt][2 * r + e] = acc[nt][2 * r + e] * inv1 - lambda * o2;
+            acc[nt][2 * r + e] = acc[nt][2 * r + e] * inv1 - lam * o2;
             if (a.o2 && i < N) a.o2[(row0 + i) * T::kValueDim + nt * 8 + 2 * t + e] = o2;
           }
       }

@@ -68,6 +68,13 @@ struct LoopCounts {
 /// two per sm_80 SM; 64 keys would need 102 KiB, one block per sm_80 SM.
 constexpr int default_block_n1(int head_dim) { return head_dim <= 128 ? 32 : 16; }
 
+/// Keys per tile of the DIFF V2 kernel (always the single pass: its two accumulators are
+/// (16, d), half of V1's, so d = 128 holds what V1's d = 64 holds). d = 128 and 96: 16 keys, as
+/// V1's d = 64, whose accumulator registers they match or undercut; d <= 64: 32 keys, as V1's
+/// d = 32 (two (16, 64) accumulators at most: 32 registers each). The SASS model reports these
+/// configurations beside V1's (bench/results/sass_model.md).
+constexpr int v2_block_n(int head_dim) { return head_dim <= 64 ? 32 : 16; }
+
 /// Configuration of the fused forward.
 ///
 /// @tparam F        16-bit input format (simt::fmt16::f16 or bf16); math is fp32.
@@ -81,16 +88,22 @@ constexpr int default_block_n1(int head_dim) { return head_dim <= 128 ? 32 : 16;
 ///   accumulator (half the registers; K read twice, four exponentials per score pair; no O_2).
 ///   Default default_single_pass(d).
 /// @tparam BlockN1  keys per tile of pass 1 (two-pass form only). Default default_block_n1(d).
+/// @tparam V2       DIFF V2 (Variant::diff_v2): both query heads of a pair against one K and V
+///   tile stream (each K fragment loaded once for Q_1 K^T and Q_2 K^T), V and out of d channels,
+///   lambda per row from the logits, no norm. Single pass only. See ForwardTraitsV2.
 template <simt::fmt16 F, int HeadDim, int BlockM = default_block_m(HeadDim), int BlockN = default_block_n(HeadDim),
-          bool SinglePass = default_single_pass(HeadDim), int BlockN1 = default_block_n1(HeadDim)>
+          bool SinglePass = default_single_pass(HeadDim), int BlockN1 = default_block_n1(HeadDim), bool V2 = false>
 struct ForwardTraits {
   static constexpr bool kSinglePass = SinglePass;
+  static constexpr bool kV2 = V2;
+  static_assert(!V2 || SinglePass, "the DIFF V2 kernel is single pass");
   static constexpr simt::fmt16 kFmt = F;
   using Elem = std::conditional_t<F == simt::fmt16::f16, half, bfloat16>;
   static constexpr DType kDType = F == simt::fmt16::f16 ? DType::f16 : DType::bf16;
 
   static constexpr int kHeadDim = HeadDim;        // d
-  static constexpr int kValueDim = 2 * HeadDim;   // dv
+  static constexpr int kValueDim = V2 ? HeadDim : 2 * HeadDim;  // dv
+  static constexpr int kKComps = V2 ? 1 : 2;      // K tiles per stage: K_1, K_2 (V2: one K)
   static constexpr int kBlockM = BlockM;
   static constexpr int kBlockN = BlockN;
   static constexpr int kBlockN1 = SinglePass ? BlockN : BlockN1;
@@ -125,8 +138,8 @@ struct ForwardTraits {
   static constexpr int kOffQ1 = 0;
   static constexpr int kOffQ2 = kQTileElems;
   static constexpr int kOffK = 2 * kQTileElems;
-  static constexpr int kOffV = kOffK + kStages * 2 * kKTileElems;
-  static constexpr int kMainElems = kStages * 2 * kKTileElems + kStages * kVTileElems;
+  static constexpr int kOffV = kOffK + kStages * kKComps * kKTileElems;
+  static constexpr int kMainElems = kStages * kKComps * kKTileElems + kStages * kVTileElems;
   static constexpr int kPass1Elems = SinglePass ? 0 : kStages * 2 * kK1TileElems;
   static constexpr int kSmemElems = kOffK + (kMainElems > kPass1Elems ? kMainElems : kPass1Elems);
   static constexpr int kSmemBytes = kSmemElems * 2;
@@ -152,13 +165,20 @@ struct ForwardTraits {
   static constexpr int kPVHmma = kPVSteps * kOTiles;
   static constexpr int kPVLdsm = kPVSteps * (kOTiles / 2);
   static constexpr int kLoops = SinglePass ? 1 : 2;  ///< key-tile loops, in program order
+  // V2: one K fragment pair per k-step serves both Q_1 K^T and Q_2 K^T
+  static constexpr int kQKLdsmV2 = kQKSteps * (2 + kSTiles / 2);
   static constexpr LoopCounts loop_counts(int loop) {
-    return SinglePass ? LoopCounts{kBlockN, 2 * kQKHmma + 2 * kPVHmma, 2 * kQKLdsm + kPVLdsm, 2 * 4 * kSTiles}
+    return V2 ? LoopCounts{kBlockN, 2 * kQKHmma + 2 * kPVHmma, kQKLdsmV2 + kPVLdsm, 2 * 4 * kSTiles}
+           : SinglePass ? LoopCounts{kBlockN, 2 * kQKHmma + 2 * kPVHmma, 2 * kQKLdsm + kPVLdsm, 2 * 4 * kSTiles}
            : loop == 0 ? LoopCounts{kBlockN1, 2 * kQKSteps * kSTiles1, 2 * kQKSteps * (kSTiles1 / 2),
                                     2 * (4 * kSTiles1 + 2)}
                        : LoopCounts{kBlockN, 2 * kQKHmma + kPVHmma, 2 * kQKLdsm + kPVLdsm, 2 * 4 * kSTiles};
   }
 };
+
+/// The DIFF V2 configuration of (F, d): single pass, v2_block_n(d) keys per tile.
+template <simt::fmt16 F, int HeadDim, int BlockM = default_block_m(HeadDim), int BlockN = v2_block_n(HeadDim)>
+using ForwardTraitsV2 = ForwardTraits<F, HeadDim, BlockM, BlockN, true, BlockN, true>;
 
 }  // namespace cuda
 DIFFATTN_NAMESPACE_END

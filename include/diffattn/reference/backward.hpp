@@ -8,6 +8,8 @@
 //   the ordinary attention backward for c = 1, 2; dV = P_1^T dO_1 + P_2^T dO_2;
 //   dK_c and dV of a KV group sum over the n_rep diff heads that read it;
 //   the lambda vectors' gradients from dlambda (one set per layer or one per head).
+// DIFF V2: no norm and no out scale (dA = dout), dO_2 = -diag(lambda_i) dA, dlogit_i =
+// -<dA_i, O_2,i> lambda_i (1 - lambda_i); K_1 = K_2, so dK = dK_1 + dK_2 into grad.dk1.
 // Every gradient is overwritten (not accumulated into). Single-threaded.
 #pragma once
 
@@ -30,7 +32,9 @@ void backward_impl(const BackwardParams& bp) {
   const Params& p = bp.fwd;
   const Gradients& gr = bp.grad;
   const std::int64_t N = p.seqlen_q, S = p.seqlen_k, H = p.heads, G = p.kv_heads;
-  const std::int64_t d = p.head_dim, dv = 2 * d;
+  const std::int64_t d = p.head_dim, dv = p.value_dim();
+  const bool v2 = p.is_v2();
+  const NormKind norm = p.norm_kind();
   const Acc scale = static_cast<Acc>(p.scale());
   const Acc out_scale = static_cast<Acc>(p.out_scale());
   const Vec<Acc> gamma = load_vec<Acc, P>(p.norm.gamma, 0, dv, Acc(1));
@@ -52,9 +56,9 @@ void backward_impl(const BackwardParams& bp) {
       Mat<Acc> da(N, dv);
       for (std::int64_t i = 0; i < N; ++i) {
         const Acc r = f.rstd(i);
-        if (p.norm.kind == NormKind::none) {
+        if (norm == NormKind::none) {
           da.row(i) = dy.row(i);
-        } else if (p.norm.kind == NormKind::rms) {
+        } else if (norm == NormKind::rms) {
           const auto a = f.a.row(i).array();
           dgamma.array() += (dy.row(i).array() * a * r).transpose();
           const auto gg = (dy.row(i).array() * gamma.transpose().array()).eval();
@@ -71,8 +75,19 @@ void backward_impl(const BackwardParams& bp) {
       }
 
       const Mat<Acc> do1 = da;
-      const Mat<Acc> do2 = -f.lambda * da;
-      dlambda[static_cast<std::size_t>(p.lambda.per_head ? h : 0)] -= (da.array() * f.o2.array()).sum();
+      Mat<Acc> do2;
+      if (v2) {
+        do2 = -(f.lam_row.asDiagonal() * da);
+        const Vec<Acc> dot = (da.array() * f.o2.array()).rowwise().sum();  // <dA_i, O_2,i>
+        P* dz = static_cast<P*>(gr.dlogits.ptr) + b * gr.dlogits.stride_b + h * gr.dlogits.stride_h;
+        for (std::int64_t i = 0; i < N; ++i) {
+          const Acc l = f.lam_row(i);
+          dz[i * gr.dlogits.stride_t] = static_cast<P>(-dot(i) * l * (Acc(1) - l));
+        }
+      } else {
+        do2 = -f.lambda * da;
+        dlambda[static_cast<std::size_t>(p.lambda.per_head ? h : 0)] -= (da.array() * f.o2.array()).sum();
+      }
 
       // the ordinary attention backward, c = 1, 2
       auto attn_bwd = [&](const Mat<Acc>& pc, const Mat<Acc>& oc, const Mat<Acc>& doc,
@@ -86,14 +101,18 @@ void backward_impl(const BackwardParams& bp) {
         dvv[g] += pc.transpose() * doc;
       };
       attn_bwd(f.p1, f.o1, do1, f.q1, f.k1, gr.dq1, dk1[g]);
-      attn_bwd(f.p2, f.o2, do2, f.q2, f.k2, gr.dq2, dk2[g]);
+      attn_bwd(f.p2, f.o2, do2, f.q2, f.k2, gr.dq2, v2 ? dk1[g] : dk2[g]);
     }
     for (std::int64_t g = 0; g < G; ++g) {
       store_head<Elem>(gr.dk1, b, g, dk1[g]);
-      store_head<Elem>(gr.dk2, b, g, dk2[g]);
-      store_head<Elem>(gr.dv, b, g, dvv[g]);
+      store_head<Elem>(gr.dv_lo, b, g, Mat<Acc>(dvv[g].leftCols(d)));
+      if (!v2) {
+        store_head<Elem>(gr.dk2, b, g, dk2[g]);
+        store_head<Elem>(gr.dv_hi, b, g, Mat<Acc>(dvv[g].rightCols(d)));
+      }
     }
   }
+  if (v2) return;  // no lambda vectors, no norm weights
 
   // lambda vectors: dlq1 = dlambda e1 lk1, dlk1 = dlambda e1 lq1, and minus for set 2
   for (std::int64_t set = 0; set < nsets; ++set) {

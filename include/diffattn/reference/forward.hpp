@@ -44,7 +44,7 @@ inline Status out_of_memory(const Params& p) {
 template <class Elem, class Acc>
 void forward_impl(const Params& p) {
   using P = param_t<Elem>;
-  const std::int64_t N = p.seqlen_q, H = p.heads, dv = 2 * p.head_dim;
+  const std::int64_t N = p.seqlen_q, H = p.heads, dv = p.value_dim();
   const Acc out_scale = static_cast<Acc>(p.out_scale());
   const ForwardExtras& x = p.extras;
   for (std::int64_t b = 0; b < p.batch; ++b) {

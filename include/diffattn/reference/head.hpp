@@ -1,9 +1,10 @@
 // diffattn/reference/head.hpp: the naive forward of ONE (batch, diff head), materialising the
 // scores, shared by reference::forward and reference::backward (which recomputes it).
 //
-// It follows SPEC.md line by line, in precision Acc (float or double):
+// It follows docs/SPEC.md line by line, in precision Acc (float or double):
 //   S_c = s Q_c K_c^T, P_c = softmax(S_c + mask), A = P_1 V - lambda P_2 V,
 //   Y = norm(A) (RMS / group / none), out = (1 - lambda_init) Y.
+// DIFF V2: K_2 = K_1, V of d channels, lambda per row = sigmoid(logit), Y = A, out = A.
 #pragma once
 
 #include <cmath>
@@ -86,6 +87,16 @@ LambdaTerms<Acc> head_lambda_terms(const Params& p, std::int64_t h) {
   return lambda_terms<Acc>(lq1, lk1, lq2, lk2, d);
 }
 
+/// The [N] lambda logits of (b, h) (DIFF V2), widened to Acc.
+template <class Acc, class P>
+Vec<Acc> head_logits(const Params& p, std::int64_t b, std::int64_t h) {
+  const ConstTensorRef& t = p.lambda.logits;
+  Vec<Acc> z(p.seqlen_q);
+  const P* base = static_cast<const P*>(t.ptr) + b * t.stride_b + h * t.stride_h;
+  for (std::int64_t i = 0; i < p.seqlen_q; ++i) z(i) = static_cast<Acc>(base[i * t.stride_t]);
+  return z;
+}
+
 /// Row softmax of scores under the mask, in place: masked entries and fully masked rows become
 /// exactly 0. Returns the row logsumexp (-inf for a fully masked row).
 template <class Acc>
@@ -116,22 +127,23 @@ Vec<Acc> masked_softmax(Mat<Acc>& s, const RowMask& mask) {
 /// Everything the forward computes for one (b, h), kept for the backward.
 template <class Acc>
 struct HeadForward {
-  Mat<Acc> q1, q2, k1, k2, v;  // inputs, widened: [N, d] x2, [S, d] x2, [S, 2d]
+  Mat<Acc> q1, q2, k1, k2, v;  // inputs, widened: [N, d] x2, [S, d] x2, [S, dv] (V2: k2 = k1)
   Mat<Acc> p1, p2;             // probabilities [N, S]
   Vec<Acc> lse1, lse2;         // [N]
-  Mat<Acc> o1, o2;             // P_c V [N, 2d]
+  Mat<Acc> o1, o2;             // P_c V [N, dv]
   Mat<Acc> a;                  // A = O_1 - lambda O_2
   Vec<Acc> mean, rstd;         // per row: the norm's mean (group) and rsqrt(var + eps)
   Mat<Acc> y;                  // normalised, before (1 - lambda_init)
-  LambdaTerms<Acc> lam_terms;
-  Acc lambda = 0;
+  LambdaTerms<Acc> lam_terms;  // V1
+  Acc lambda = 0;              // V1: one lambda for the head
+  Vec<Acc> lam_row;            // V2: lambda of each row, sigmoid(logit) [N]
 };
 
 /// The naive forward of one (b, h).
 template <class Elem, class Acc>
 HeadForward<Acc> head_forward(const Params& p, std::int64_t b, std::int64_t h) {
   using P = param_t<Elem>;
-  const std::int64_t N = p.seqlen_q, S = p.seqlen_k, d = p.head_dim, dv = 2 * d;
+  const std::int64_t N = p.seqlen_q, S = p.seqlen_k, d = p.head_dim, dv = p.value_dim();
   const std::int64_t g = p.kv_group(h);
   const Acc scale = static_cast<Acc>(p.scale());
   const RowMask mask = make_row_mask(p);
@@ -140,8 +152,10 @@ HeadForward<Acc> head_forward(const Params& p, std::int64_t b, std::int64_t h) {
   f.q1 = load_head<Acc, Elem>(p.q1, b, h, N, d);
   f.q2 = load_head<Acc, Elem>(p.q2, b, h, N, d);
   f.k1 = load_head<Acc, Elem>(p.k1, b, g, S, d);
-  f.k2 = load_head<Acc, Elem>(p.k2, b, g, S, d);
-  f.v = load_head<Acc, Elem>(p.v, b, g, S, dv);
+  f.k2 = load_head<Acc, Elem>(p.key2(), b, g, S, d);
+  f.v.resize(S, dv);
+  f.v.leftCols(d) = load_head<Acc, Elem>(p.v_lo, b, g, S, d);
+  if (!p.is_v2()) f.v.rightCols(d) = load_head<Acc, Elem>(p.v_hi, b, g, S, d);
 
   f.p1 = scale * (f.q1 * f.k1.transpose());
   f.p2 = scale * (f.q2 * f.k2.transpose());
@@ -150,9 +164,15 @@ HeadForward<Acc> head_forward(const Params& p, std::int64_t b, std::int64_t h) {
   f.o1 = f.p1 * f.v;
   f.o2 = f.p2 * f.v;
 
-  f.lam_terms = head_lambda_terms<Acc, P>(p, h);
-  f.lambda = f.lam_terms.value(static_cast<Acc>(p.lambda.lambda_init));
-  f.a = f.o1 - f.lambda * f.o2;
+  if (p.is_v2()) {
+    const Vec<Acc> z = head_logits<Acc, P>(p, b, h);
+    f.lam_row = (Acc(1) / (Acc(1) + (-z.array()).exp())).matrix();
+    f.a = f.o1 - f.lam_row.asDiagonal() * f.o2;
+  } else {
+    f.lam_terms = head_lambda_terms<Acc, P>(p, h);
+    f.lambda = f.lam_terms.value(static_cast<Acc>(p.lambda.lambda_init));
+    f.a = f.o1 - f.lambda * f.o2;
+  }
 
   const Vec<Acc> gamma = load_vec<Acc, P>(p.norm.gamma, 0, dv, Acc(1));
   const Vec<Acc> beta = load_vec<Acc, P>(p.norm.beta, 0, dv, Acc(0));
@@ -160,12 +180,13 @@ HeadForward<Acc> head_forward(const Params& p, std::int64_t b, std::int64_t h) {
   f.mean = Vec<Acc>::Zero(N);
   f.rstd = Vec<Acc>::Ones(N);
   f.y = f.a;
+  const NormKind norm = p.norm_kind();
   for (std::int64_t i = 0; i < N; ++i) {
-    if (p.norm.kind == NormKind::rms) {
+    if (norm == NormKind::rms) {
       const Acc ms = f.a.row(i).squaredNorm() / Acc(dv);
       f.rstd(i) = Acc(1) / std::sqrt(ms + eps);
       f.y.row(i) = (f.a.row(i).array() * f.rstd(i)) * gamma.transpose().array();
-    } else if (p.norm.kind == NormKind::group) {
+    } else if (norm == NormKind::group) {
       f.mean(i) = f.a.row(i).sum() / Acc(dv);
       const auto centred = (f.a.row(i).array() - f.mean(i)).eval();
       const Acc var = centred.square().sum() / Acc(dv);

@@ -206,18 +206,21 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
   Vec alpha[Cols<NV>::NB];
   alignas(64) float colmax[LD];
   const std::int64_t ldk = cx.geo.ldk(), ldv = cx.geo.ldv();
+  const int nk = p.is_v2() ? 1 : 2;  // K blocks to pack: V2's two query heads share one K
   for (std::int64_t j0 = ik.lo; j0 < ik.hi; j0 += kBlockN) {
     const int nj = static_cast<int>(std::min<std::int64_t>(kBlockN, ik.hi - j0));
     const bool full = !cx.masked || (ik.kb_last <= j0 && ik.ke_first >= j0 + nj);
-    for (int c = 0; c < 2; ++c)
+    for (int c = 0; c < nk; ++c)
       for (int j = 0; j < nj; ++j) to_float(ik.kbase[c] + (j0 + j) * ik.k[c]->stride_t, ts.kbuf[c] + j * ldk, d);
-    for (int j = 0; j < nj; ++j) to_float(ik.vbase + (j0 + j) * p.v.stride_t, ts.vbuf + j * ldv, dv);
+    for (int hv = 0; hv < 2 && ik.vbase[hv]; ++hv)  // V's halves side by side: row j of V is (lo, hi)
+      for (int j = 0; j < nj; ++j) to_float(ik.vbase[hv] + (j0 + j) * ik.vstride[hv], ts.vbuf + j * ldv + hv * d, d);
     for (int c = 0; c < 2; ++c) {
+      const float* kc = ts.kbuf[c < nk ? c : 0];
       if (full) {
         for (int i = 0; i < LD; ++i) colmax[i] = -std::numeric_limits<float>::infinity();
-        qk_block<NV, true>(ts.kbuf[c], ldk, nj, ts.qt[c], static_cast<int>(d), ts.st, colmax);
+        qk_block<NV, true>(kc, ldk, nj, ts.qt[c], static_cast<int>(d), ts.st, colmax);
       } else {
-        qk_block<NV>(ts.kbuf[c], ldk, nj, ts.qt[c], static_cast<int>(d), ts.st);
+        qk_block<NV>(kc, ldk, nj, ts.qt[c], static_cast<int>(d), ts.st);
       }
       online_softmax<NV>(cx, ts.st, nj, j0, full, ts.kb, ts.ke, state.m[c], state.l[c], alpha,
                          full ? colmax : nullptr);

@@ -158,7 +158,9 @@ struct ItemKeys {
   std::int64_t kb_last, ke_first;    ///< a key block inside [kb_last, ke_first) needs no mask
   const ConstTensorRef* k[2];        ///< K_1, K_2 views (for their token strides)
   const Elem* kbase[2];              ///< K_c of KV group g of batch b, token 0
-  const Elem* vbase;                 ///< V of KV group g of batch b, token 0
+  const Elem* vbase[2];              ///< V's halves (channels [0, d), [d, 2d)) of group g, batch b,
+                                     ///< token 0; V2: vbase[1] null (V has d channels)
+  std::int64_t vstride[2];           ///< their token strides
 };
 
 template <class Elem>
@@ -170,10 +172,15 @@ inline ItemKeys<Elem> item_keys(const Ctx& cx, std::int64_t b, std::int64_t g, s
   ik.kb_last = cx.mask.key_begin(i0 + nr - 1);
   ik.ke_first = cx.mask.key_end(i0);
   ik.k[0] = &p.k1;
-  ik.k[1] = &p.k2;
+  ik.k[1] = &p.key2();
   for (int c = 0; c < 2; ++c)
     ik.kbase[c] = static_cast<const Elem*>(ik.k[c]->ptr) + b * ik.k[c]->stride_b + g * ik.k[c]->stride_h;
-  ik.vbase = static_cast<const Elem*>(p.v.ptr) + b * p.v.stride_b + g * p.v.stride_h;
+  const ConstTensorRef* vs[2] = {&p.v_lo, &p.v_hi};
+  for (int c = 0; c < 2; ++c) {
+    const bool has = c == 0 || !p.is_v2();
+    ik.vbase[c] = has ? static_cast<const Elem*>(vs[c]->ptr) + b * vs[c]->stride_b + g * vs[c]->stride_h : nullptr;
+    ik.vstride[c] = has ? vs[c]->stride_t : 0;
+  }
   return ik;
 }
 
@@ -204,11 +211,19 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
   const Params& p = *cx.p;
   const std::int64_t d = cx.geo.d, dv = cx.geo.dv, ld = nv * kColGroup;
   const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.N - i0);
-  const std::int64_t loff = p.lambda.per_head ? h * d : 0;
-  const LambdaTerms<double> lt = lambda_terms<double>(
-      static_cast<const P*>(p.lambda.lq1) + loff, static_cast<const P*>(p.lambda.lk1) + loff,
-      static_cast<const P*>(p.lambda.lq2) + loff, static_cast<const P*>(p.lambda.lk2) + loff, d);
-  const float lambda = static_cast<float>(lt.value(p.lambda.lambda_init));
+  // V1: one lambda for the head; V2: lambda of each row, sigmoid of its logit
+  float lambda = 0.0f;
+  const P* logits = nullptr;
+  if (p.is_v2()) {
+    logits = static_cast<const P*>(p.lambda.logits.ptr) + b * p.lambda.logits.stride_b + h * p.lambda.logits.stride_h;
+  } else {
+    const std::int64_t loff = p.lambda.per_head ? h * d : 0;
+    const LambdaTerms<double> lt = lambda_terms<double>(
+        static_cast<const P*>(p.lambda.lq1) + loff, static_cast<const P*>(p.lambda.lk1) + loff,
+        static_cast<const P*>(p.lambda.lq2) + loff, static_cast<const P*>(p.lambda.lk2) + loff, d);
+    lambda = static_cast<float>(lt.value(p.lambda.lambda_init));
+  }
+  const NormKind norm = p.norm_kind();
   const float out_scale = static_cast<float>(p.out_scale());
   const P* gamma = static_cast<const P*>(p.norm.gamma);
   const P* beta = static_cast<const P*>(p.norm.beta);
@@ -223,6 +238,7 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
     const float inv2 = l2 == 0.0f ? 0.0f : 1.0f / l2;
     const std::int64_t row = (b * cx.H + h) * cx.N + i0 + i;  // [B, H, N]
     float* o2row = x.o2 ? static_cast<P*>(x.o2) + row * dv : nullptr;
+    if (logits) lambda = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(logits[(i0 + i) * p.lambda.logits.stride_t]))));
     double sum = 0, sumsq = 0;
     for (std::int64_t ch = 0; ch < dv; ++ch) {
       const float o2 = st.ot[1][ch * ld + i] * inv2;
@@ -233,9 +249,9 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
       if (o2row) o2row[ch] = o2;
     }
     double mean = 0, rstd = 1;
-    if (p.norm.kind == NormKind::rms) {
+    if (norm == NormKind::rms) {
       rstd = 1.0 / std::sqrt(sumsq / static_cast<double>(dv) + eps);
-    } else if (p.norm.kind == NormKind::group) {
+    } else if (norm == NormKind::group) {
       mean = sum / static_cast<double>(dv);
       double var = 0;
       for (std::int64_t ch = 0; ch < dv; ++ch) var += (arow[ch] - mean) * (arow[ch] - mean);
@@ -245,9 +261,9 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
     Elem* orow = out + (i0 + i) * p.out.stride_t;
     for (std::int64_t ch = 0; ch < dv; ++ch) {
       float y = arow[ch];
-      if (p.norm.kind == NormKind::rms) {
+      if (norm == NormKind::rms) {
         y = y * fr * (gamma ? gamma[ch] : 1.0f);
-      } else if (p.norm.kind == NormKind::group) {
+      } else if (norm == NormKind::group) {
         y = (y - fm) * fr * (gamma ? gamma[ch] : 1.0f) + (beta ? beta[ch] : 0.0f);
       }
       orow[ch] = Elem(out_scale * y);

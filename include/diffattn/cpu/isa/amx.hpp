@@ -208,8 +208,8 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
   const std::int64_t lo = ik.lo, hi = ik.hi, kb_last = ik.kb_last, ke_first = ik.ke_first;
   const ConstTensorRef* const* ks = ik.k;
   const bfloat16* const* kbase = ik.kbase;
-  const bfloat16* vbase = ik.vbase;
   bfloat16* kp[2] = {reinterpret_cast<bfloat16*>(ts.kbuf[0]), reinterpret_cast<bfloat16*>(ts.kbuf[1])};
+  const int nk = p.is_v2() ? 1 : 2;  // K blocks to pack: V2's two query heads share one K
   std::uint32_t* vt = reinterpret_cast<std::uint32_t*>(ts.vbuf);
   const int ldt = ld * 4;  // bytes per row of S^T, O^T, Q^T pairs and P^T pairs
 
@@ -218,17 +218,19 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
     const int nj = static_cast<int>(std::min<std::int64_t>(kBlockN, hi - j0));
     const int njt = (nj + 15) / 16;
     const bool full = !cx.masked || (kb_last <= j0 && ke_first >= j0 + nj);
-    for (int c = 0; c < 2; ++c) {
+    for (int c = 0; c < nk; ++c) {
       for (int j = 0; j < nj; ++j) std::memcpy(kp[c] + j * d, kbase[c] + (j0 + j) * ks[c]->stride_t, d * 2);
       std::memset(static_cast<void*>(kp[c] + nj * d), 0, (njt * 16 - nj) * d * 2);
     }
-    pack_vt(vbase + j0 * p.v.stride_t, p.v.stride_t, nj, dv, vt);
+    for (int hv = 0; hv < 2 && ik.vbase[hv]; ++hv)  // V^T rows [hv d, (hv + 1) d) from V's half hv
+      pack_vt(ik.vbase[hv] + j0 * ik.vstride[hv], ik.vstride[hv], nj, d, vt + hv * d * (kBlockN / 2));
     for (int c = 0; c < 2; ++c) {
+      const bfloat16* kpc = kp[c < nk ? c : 0];
       // S_c^T = K_c Q_c^T, 16 keys at a time
       for (int jt = 0; jt < njt; ++jt) {
         zero_c<NV>();
         for (std::int64_t kc = 0; kc < d / 32; ++kc) {
-          _tile_loadd(4, kp[c] + jt * 16 * d + kc * 32, static_cast<int>(d * 2));
+          _tile_loadd(4, kpc + jt * 16 * d + kc * 32, static_cast<int>(d * 2));
           dp_all<NV>(qtp[c] + kc * 16 * ld, ldt);
         }
         store_c<NV>(ts.st + jt * 16 * ld, ldt);

@@ -63,6 +63,35 @@ DIFFATTN_DEVICE void mma_abt(float (&c)[kNTiles][4], AFrag&& a_frag, smem_ptr<st
   }
 }
 
+/// c1 = A_1 B^T and c2 = A_2 B^T with one B (DIFF V2: both query heads of a pair against one K
+/// tile): each B fragment pair is loaded once for both products. As mma_abt otherwise.
+template <simt::fmt16 F, int kSteps, int kNTiles, class AFrag1, class AFrag2>
+DIFFATTN_DEVICE void mma_abt2(float (&c1)[kNTiles][4], float (&c2)[kNTiles][4], AFrag1&& a_frag1, AFrag2&& a_frag2,
+                              smem_ptr<std::uint16_t> b, int stride, unsigned lane) {
+  static_assert(kNTiles % 2 == 0, "B fragments come in pairs of n8 tiles (one ldmatrix.x4)");
+  DIFFATTN_UNROLL
+  for (int nt = 0; nt < kNTiles; ++nt)
+    DIFFATTN_UNROLL
+    for (int e = 0; e < 4; ++e) c1[nt][e] = c2[nt][e] = 0.f;
+  const int j = static_cast<int>(lane / 8);
+  DIFFATTN_UNROLL
+  for (int kk = 0; kk < kSteps; ++kk) {
+    std::uint32_t a1[4], a2[4];
+    a_frag1(kk, a1);
+    a_frag2(kk, a2);
+    DIFFATTN_UNROLL
+    for (int np = 0; np < kNTiles / 2; ++np) {
+      std::uint32_t bk[4];
+      simt::ldmatrix_x4(bk, b + ((np * 16 + (j / 2) * 8 + static_cast<int>(lane % 8)) * stride + kk * 16 + (j % 2) * 8));
+      const std::uint32_t b0[2] = {bk[0], bk[1]}, b1[2] = {bk[2], bk[3]};
+      simt::mma_m16n8k16<F>(c1[2 * np], a1, b0, c1[2 * np]);
+      simt::mma_m16n8k16<F>(c1[2 * np + 1], a1, b1, c1[2 * np + 1]);
+      simt::mma_m16n8k16<F>(c2[2 * np], a2, b0, c2[2 * np]);
+      simt::mma_m16n8k16<F>(c2[2 * np + 1], a2, b1, c2[2 * np + 1]);
+    }
+  }
+}
+
 /// The C fragments of n8 tiles 2kk and 2kk + 1 (fp32) as the 16-bit A fragment of k-step kk.
 template <simt::fmt16 F, int kSteps>
 DIFFATTN_DEVICE void pack_a_frags(const float (&c)[2 * kSteps][4], std::uint32_t (&a)[kSteps][4]) {
