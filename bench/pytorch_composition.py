@@ -13,11 +13,11 @@ use torch.nn.functional.scaled_dot_product_attention:
                 ONE SDPA call with 2H' query heads (pairs 2h, 2h+1) against Hkv KV heads of d
                 (enable_gqa), then out_h = O_2h - sigmoid(z_h) O_2h+1 with z [B, N, H'] fp32;
                 no norm. H' = 2H output heads: the model width of V1's H diff heads (H 2d =
-                H' d). Counted as 8 N S d per output head (SPEC.md's V2 count).
+                H' d). Counted as 8 N S d per output head (docs/SPEC.md's V2 count).
 
-on the official layout (SPEC.md): q [B, N, 2H, d] (query heads 2h and 2h+1 are q1 and q2 of
+on the official layout (docs/SPEC.md): q [B, N, 2H, d] (query heads 2h and 2h+1 are q1 and q2 of
 diff head h), k [B, S, 2Hkv, d], v [B, S, Hkv, 2d], out [B, N, H, 2d], Hkv = H, N = S, causal
-bottom-right aligned. Throughput is by SPEC.md's count: 12 N S d per diff head, visible pairs
+bottom-right aligned. Throughput is by docs/SPEC.md's count: 12 N S d per diff head, visible pairs
 only (causal, N = S: 12 d N (N + 1) / 2).
 
     --device cpu    B = 1, H = 8, f32 and bf16, wall-clock medians (time.perf_counter) of
@@ -27,7 +27,7 @@ only (causal, N = S: 12 d N (N + 1) / 2).
                     d = 128, bf16), CUDA-event medians; writes
                     bench/results/pytorch_composition_<gpu name>.json
     --check         compare both forms on small problems (cross-attention N != S included)
-                    with a naive float64 computation of SPEC.md's formula; exit 1 on a large
+                    with a naive float64 computation of docs/SPEC.md's formula; exit 1 on a large
                     error
 
 Each run is printed as one JSON line and all are written to --out as a JSON list. The script
@@ -117,7 +117,7 @@ def make_forms(torch, q, k, v, gamma, lam, lambda_init, causal):
         mask = {}
     elif n == s:
         mask = {"is_causal": True}
-    else:  # SDPA's is_causal is top-left aligned; SPEC.md's (and FlashAttention's) is bottom-right
+    else:  # SDPA's is_causal is top-left aligned; docs/SPEC.md's (and FlashAttention's) is bottom-right
         from torch.nn.attention.bias import causal_lower_right
         mask = {"attn_mask": causal_lower_right(n, s)}
     scale = 1.0 - lambda_init
@@ -198,7 +198,7 @@ def naive_v2_forward(torch, q, k, v, z, causal):
 
 
 def naive_forward(torch, q, k, v, gamma, lam, lambda_init, causal):
-    """SPEC.md's formula, written out in float64: out [B, N, H, 2d]."""
+    """docs/SPEC.md's formula, written out in float64: out [B, N, H, 2d]."""
     q, k, v, gamma = q.double(), k.double(), v.double(), gamma.double()
     b, n, h2, d = q.shape
     s = k.shape[1]

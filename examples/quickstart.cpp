@@ -55,7 +55,7 @@ int main() {
   std::printf("  out [%lld, %lld, %lld, %lld]  (B, N, H, 2d)\n", (long long)B, (long long)N, (long long)H, (long long)(2 * d));
   std::printf("  mask causal, lambda_init %.6f (depth 0), lambda %.6f\n", p.lambda.lambda_init, lam);
   std::printf("  checksum: sum %.6f, sum|out| %.6f\n", sum, sum_abs);
-  std::printf("  time %.3f ms, %.2f GFLOP/s (SPEC.md count, causal)\n", secs * 1e3,
+  std::printf("  time %.3f ms, %.2f GFLOP/s (docs/SPEC.md count, causal)\n", secs * 1e3,
               da::forward_flops(p) / secs * 1e-9);
 
   // The same problem on the tiled CPU kernel, writing a second output.

@@ -157,9 +157,13 @@ def summary(out):
                   "calls + an fp32 RMSNorm (bench/pytorch_composition.py), CUDA-event medians; diffattn: "
                   "bench_cuda_forward, the shipped configuration.")
         md.append("")
+        md.append("DIFF V2 (the last three columns): 2H output heads of d at the same model width, 8 N S d per "
+                  "head; PyTorch v2_sdpa is one SDPA call over 4H query heads (GQA onto 2H) and the sigmoid "
+                  "subtraction.")
+        md.append("")
         md.append("| dtype | mask | d | N | B x H | diffattn | PyTorch four SDPA | PyTorch two SDPA | "
-                  "diffattn / four SDPA | diffattn / best PyTorch |")
-        md.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+                  "diffattn / four SDPA | diffattn / best PyTorch | diffattn V2 | PyTorch v2_sdpa | V2 ratio |")
+        md.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for key in sorted(peer_rows, key=lambda k: (k[0], k[1] != "none", k[1], k[2], k[3])):
             dtype, mask, d, n = key
             forms = peer_rows[key]
@@ -168,14 +172,17 @@ def summary(out):
             four = forms.get("four_sdpa", {}).get("tflops")
             two = forms.get("two_sdpa", {}).get("tflops")
             best = max([x for x in (four, two) if x is not None], default=None)
-            any_peer = next(iter(forms.values()))
+            any_peer = forms.get("four_sdpa") or forms.get("two_sdpa") or next(iter(forms.values()))
             bh = f"{any_peer.get('B')} x {any_peer.get('H')}"
             ours_bh = label_bh(ours_run)
             if ours_bh and ours_bh != (any_peer.get("B"), any_peer.get("H")):
                 bh += f" (diffattn {ours_bh[0]} x {ours_bh[1]}!)"
+            ours2 = tflops(runs.get((f"cuda_forward_v2/{dtype}/{mask}/d:{d}", n)))
+            peer2 = forms.get("v2_sdpa", {}).get("tflops")
             md.append(f"| {dtype} | {mask} | {d} | {n} | {bh} | **{fnum(ours)}** | {fnum(four)} | {fnum(two)} | "
                       f"{fnum(ours / four, 2) + 'x' if ours and four else '–'} | "
-                      f"{fnum(ours / best, 2) + 'x' if ours and best else '–'} |")
+                      f"{fnum(ours / best, 2) + 'x' if ours and best else '–'} | **{fnum(ours2)}** | {fnum(peer2)} | "
+                      f"{fnum(ours2 / peer2, 2) + 'x' if ours2 and peer2 else '–'} |")
     else:
         md.append("The PyTorch peer did not run (part peer), so there is nothing to compare with; "
                   "diffattn's own figures are below.")

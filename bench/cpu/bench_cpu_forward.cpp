@@ -6,7 +6,7 @@
 // this CPU has, whatever flags this file was compiled with.
 //
 // Runs are named <backend>_forward/<dtype>/<mask>/d:<d>/N:<N> (backend cpu or reference) and
-// report `flops` as a rate (FLOP/s) from diffattn::forward_flops (SPEC.md: 12 N S d per head,
+// report `flops` as a rate (FLOP/s) from diffattn::forward_flops (docs/SPEC.md: 12 N S d per head,
 // visible pairs only). B = 1, H = 8, N = S. DIFF V2 runs beside them at the same model width,
 // <backend>_forward_v2/...: H = 16 output heads of d (32 query heads, 16 KV heads), 8 N S d per
 // head, so a V2 layer does 4/3 the FLOPs of the V1 layer of the same width. Options

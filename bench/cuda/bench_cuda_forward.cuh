@@ -1,13 +1,15 @@
 // bench_cuda_forward.cuh: the body of bench_cuda_forward, included by one generated TU per
 // shipped configuration (register_config<Traits>()), so each TU compiles one kernel.
 //
-// bench_cuda_forward: TFLOP/s of the fused CUDA forward (SPEC.md's FLOP count), per shipped
+// bench_cuda_forward: TFLOP/s of the fused CUDA forward (docs/SPEC.md's FLOP count), per shipped
 // configuration, N = S from 1k to 16k, causal and not. B * H fills the GPU: B = 32768 / N
 // sequences, H = 16 diff heads at d <= 64 and 8 above (the DIFF paper's 2048-dim model),
 // so every input is far larger than L2. Timed with CUDA events around each launch after a
 // warm-up (Google Benchmark's manual time). Without a GPU each run reports an error and skips.
 //
-// Run names: cuda_forward/<dtype>/<mask>/d:<d>/N:<N>; counter `flops` (FLOP/s).
+// Run names: cuda_forward/<dtype>/<mask>/d:<d>/N:<N>; counter `flops` (FLOP/s). DIFF V2 at the
+// same model width: cuda_forward_v2/..., 2H output heads of d (4H query heads, 2H KV heads),
+// counted 8 N S d per head.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -66,21 +68,29 @@ void bm_forward(benchmark::State& state, da::MaskKind mask) {
     return;
   }
   const std::int64_t N = state.range(0), B = std::max<std::int64_t>(1, 32768 / N), H = d <= 64 ? 16 : 8;
-  const std::int64_t nq = B * N * 2 * H * d, nk = nq, nv = nq, no = nq;
+  const std::int64_t H2 = 2 * H;  // V2's output heads at the same model width
+  const std::int64_t nq = B * N * 2 * (Traits::kV2 ? H2 : H) * d, nk = Traits::kV2 ? nq / 2 : nq, nv = nk,
+                     no = Traits::kV2 ? nq / 2 : nq;
   void *q, *k, *v, *out, *lam, *gamma;
   cudaMalloc(&q, nq * 2); cudaMalloc(&k, nk * 2); cudaMalloc(&v, nv * 2); cudaMalloc(&out, no * 2);
-  cudaMalloc(&lam, 4 * d * sizeof(float)); cudaMalloc(&gamma, 2 * d * sizeof(float));
+  cudaMalloc(&lam, (Traits::kV2 ? B * N * H2 : 4 * d) * sizeof(float)); cudaMalloc(&gamma, 2 * d * sizeof(float));
   fill_device<Elem>(q, nq, 1, 1.f); fill_device<Elem>(k, nk, 2, 1.f); fill_device<Elem>(v, nv, 3, 1.f);
-  fill_device<float>(lam, 4 * d, 4, 0.1f); fill_device<float>(gamma, 2 * d, 5, 1.f);
-  da::Params p = da::make_official_params(B, N, N, H, H, d, static_cast<const Elem*>(q),
-                                          static_cast<const Elem*>(k), static_cast<const Elem*>(v),
-                                          static_cast<Elem*>(out));
+  fill_device<float>(lam, Traits::kV2 ? B * N * H2 : 4 * d, 4, Traits::kV2 ? 1.5f : 0.1f);
+  fill_device<float>(gamma, 2 * d, 5, 1.f);
+  da::Params p;
+  const float* l = static_cast<const float*>(lam);
+  if constexpr (Traits::kV2) {
+    p = da::make_diff_v2_params(B, N, N, H2, H2, d, static_cast<const Elem*>(q), static_cast<const Elem*>(k),
+                                static_cast<const Elem*>(v), l, static_cast<Elem*>(out));
+  } else {
+    p = da::make_official_params(B, N, N, H, H, d, static_cast<const Elem*>(q), static_cast<const Elem*>(k),
+                                 static_cast<const Elem*>(v), static_cast<Elem*>(out));
+    p.lambda = {l, l + d, l + 2 * d, l + 3 * d, false, da::lambda_init_for_depth(4)};
+    p.norm.kind = da::NormKind::rms;
+    p.norm.gamma = gamma;
+  }
   p.mask.kind = mask;
   if (mask == da::MaskKind::window) p.mask = {mask, 256, 0};
-  const float* l = static_cast<const float*>(lam);
-  p.lambda = {l, l + d, l + 2 * d, l + 3 * d, false, da::lambda_init_for_depth(4)};
-  p.norm.kind = da::NormKind::rms;
-  p.norm.gamma = gamma;
   // validated once (forward_config), then timed launches of this configuration alone
   const da::Status s = da::cuda::forward_config<Traits>(p, nullptr);  // warm-up
   if (!s.ok()) {
@@ -103,7 +113,7 @@ void bm_forward(benchmark::State& state, da::MaskKind mask) {
     state.counters["flops"] = benchmark::Counter(da::forward_flops(p), benchmark::Counter::kIsIterationInvariantRate);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
-    state.SetLabel(std::string(prop.name) + " B=" + std::to_string(B) + " H=" + std::to_string(H));
+    state.SetLabel(std::string(prop.name) + " B=" + std::to_string(B) + " H=" + std::to_string(Traits::kV2 ? H2 : H));
   }
   cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(out); cudaFree(lam); cudaFree(gamma);
 }
@@ -122,7 +132,7 @@ void register_config(bool variant = false) {
                                         (Traits::kSinglePass ? std::string("_1p") : "_2p_p1n" + std::to_string(Traits::kBlockN1))
                                   : std::string();
   for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal}) {
-    const std::string name = std::string("cuda_forward/") + dtype + "/" + mask_name(m) + "/d:" +
+    const std::string name = std::string(Traits::kV2 ? "cuda_forward_v2/" : "cuda_forward/") + dtype + "/" + mask_name(m) + "/d:" +
                              std::to_string(Traits::kHeadDim) + tag;
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_forward<Traits>(st, m); })
         ->ArgName("N")->RangeMultiplier(2)->Range(1024, 16384)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -1,8 +1,8 @@
 // cpu::forward against the reference in double, every element type, mask, GQA ratio and head dim,
-// at the awkward sizes of DESIGN.md, on 1, 2 and 4 threads (4 forces key splits on small
+// at the awkward sizes of docs/TESTING.md, on 1, 2 and 4 threads (4 forces key splits on small
 // problems), plus determinism, poisoned outputs and bad input.
 //
-// Tolerance (DESIGN.md's rule): for each output x, the error of cpu::forward against
+// Tolerance (docs/TESTING.md's rule): for each output x, the error of cpu::forward against
 // reference::forward<double> on the same inputs (widened exactly to double) may be at most twice
 // the error of the naive computation in the kernel's own precision, plus a small floor. The
 // naive computation in the kernel's precision is reference::forward<float> on the same inputs:

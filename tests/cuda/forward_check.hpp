@@ -1,5 +1,5 @@
 // tests/cuda/forward_check.hpp: one forward case of a CUDA configuration, run by any runner
-// (the emulator, or a real GPU), checked against the double reference with DESIGN.md's rule.
+// (the emulator, or a real GPU), checked against the double reference with docs/TESTING.md's rule.
 #pragma once
 
 #include <functional>
@@ -33,7 +33,7 @@ void check_forward_case(const Shape& s0, std::uint64_t seed, bool split,
   const da::Status status = run(p);
   REQUIRE_MESSAGE(status.ok(), status.to_string());
   REQUIRE(da::reference::forward<double>(pref).ok());
-  // DESIGN.md's rule: at most 2x the error of the naive computation in the kernel's precision
+  // docs/TESTING.md's rule: at most 2x the error of the naive computation in the kernel's precision
   // (16-bit inputs and P, fp32 math, 16-bit output), plus a floor of 2 units in the last place
   // of a 16-bit output of magnitude ~1 (covers exp2.approx and summation-order differences
   // when the naive error of a case happens to be tiny).
@@ -81,7 +81,7 @@ void check_forward_suite(const std::function<da::Status(const da::Params&)>& run
   s.wl = 0; s.wr = 0; s.N = 40; s.S = 70;
   check_forward_case<Traits>(s, 8, false, run, st);
   // one-sided windows, and lambda above 1 (lambda_init 0.95) or below 0 (lambda_init -0.8):
-  // SPEC.md does not constrain lambda
+  // docs/SPEC.md does not constrain lambda
   Shape w;
   w.B = 1; w.N = 50; w.S = 90; w.H = 2; w.Hkv = 2; w.d = Traits::kHeadDim; w.mask = da::MaskKind::window;
   w.wl = -1; w.wr = 5; w.lambda_init = 0.95;

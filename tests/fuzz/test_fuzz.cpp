@@ -101,21 +101,23 @@ struct Case {
   bool gamma, beta, per_head, extras[6];  // lse1 lse2 attn o2 rstd mean
   double lambda_init, eps = 1e-5, scale = 0;
   i64 gap_h, gap_t, gap_b;  // element gaps in head, token and batch strides
+  bool v2 = false;       // DIFF V2: one K, V of d channels, lambda from logits, no norm
+  bool split_v = false;  // V1: V's halves as two KV heads of d channels (the DiffLlama layout)
   std::uint64_t seed;
   std::string str() const {
-    char b[320];
+    char b[360];
     std::snprintf(b, sizeof b,
                   "seed %llu: B=%lld N=%lld S=%lld H=%lld Hkv=%lld d=%lld mask=%d(%lld,%lld) norm=%d gamma=%d beta=%d "
-                  "per_head=%d lambda_init=%g extras=%d%d%d%d%d%d gaps=%lld,%lld,%lld",
+                  "per_head=%d lambda_init=%g extras=%d%d%d%d%d%d gaps=%lld,%lld,%lld v2=%d split_v=%d",
                   (unsigned long long)seed, (long long)B, (long long)N, (long long)S, (long long)H, (long long)Hkv,
                   (long long)d, int(mask.kind), (long long)mask.window_left, (long long)mask.window_right, int(norm),
                   gamma, beta, per_head, lambda_init, extras[0], extras[1], extras[2], extras[3], extras[4], extras[5],
-                  (long long)gap_h, (long long)gap_t, (long long)gap_b);
+                  (long long)gap_h, (long long)gap_t, (long long)gap_b, int(v2), int(split_v));
     return b;
   }
 };
 
-Case random_case(std::uint64_t seed, const std::vector<i64>& dims) {
+Case random_case(std::uint64_t seed, const std::vector<i64>& dims, bool allow_v2 = true) {
   std::mt19937_64 r(seed);
   auto pick = [&](i64 lo, i64 hi) { return std::uniform_int_distribution<i64>(lo, hi)(r); };
   Case c{};
@@ -141,13 +143,21 @@ Case random_case(std::uint64_t seed, const std::vector<i64>& dims) {
   c.gap_h = pick(0, 2) * 8;  // multiples of 8 elements keep 16-byte alignment for CUDA
   c.gap_t = pick(0, 2) * 8;
   c.gap_b = pick(0, 1) * 8;
+  c.v2 = allow_v2 && pick(0, 3) == 0;
+  if (c.v2) {
+    c.norm = da::NormKind::none;
+    c.gamma = c.beta = c.per_head = false;
+    c.lambda_init = 0;  // unset in the params; 0 here makes compare()'s out scale 1
+  } else {
+    c.split_v = pick(0, 2) == 0;
+  }
   return c;
 }
 
 /// Buffers and Params of a case in one element type (outputs poisoned, guards around each).
 struct Run {
   da::DType dt;
-  Buffer q, k, v, out, side[6];
+  Buffer q, k, v, out, side[6], logits;
   std::vector<float> lam, gamma, beta;
   std::vector<double> lam_d, gamma_d, beta_d;
   da::Params p;
@@ -157,11 +167,18 @@ struct Run {
   Run(const Case& c, da::DType t) : dt(t) {
     std::mt19937_64 r(c.seed * 7919 + 1);
     std::normal_distribution<double> nd(0, 1);
-    const i64 d = c.d, dv = 2 * d;
-    // token-major [B, T, H, 2d] layouts with gaps: q = (q1 | q2) per head, k likewise
+    const i64 d = c.d, dv = c.v2 ? d : 2 * d;
+    // token-major [B, T, H, 2d] layouts with gaps: q = (q1 | q2) per head, k likewise (V2: one K
+    // of d per head); V [B, S, Hkv, dv], or split_v: [B, S, 2 Hkv, d], half c of group g at head
+    // c Hkv + g (DiffLlama's)
     qs_h = 2 * d + c.gap_h; qs_t = c.H * qs_h + c.gap_t; qs_b = c.N * qs_t + c.gap_b;
-    ks_h = 2 * d + c.gap_h; ks_t = c.Hkv * ks_h + c.gap_t; ks_b = c.S * ks_t + c.gap_b;
-    vs_h = dv + c.gap_h; vs_t = c.Hkv * vs_h + c.gap_t; vs_b = c.S * vs_t + c.gap_b;
+    ks_h = (c.v2 ? d : 2 * d) + c.gap_h; ks_t = c.Hkv * ks_h + c.gap_t; ks_b = c.S * ks_t + c.gap_b;
+    if (c.split_v) {
+      vs_h = d + c.gap_h; vs_t = 2 * c.Hkv * vs_h + c.gap_t;
+    } else {
+      vs_h = dv + c.gap_h; vs_t = c.Hkv * vs_h + c.gap_t;
+    }
+    vs_b = c.S * vs_t + c.gap_b;
     os_h = dv + c.gap_h; os_t = c.H * os_h + c.gap_t; os_b = c.N * os_t + c.gap_b;
     const std::size_t eb = elem_bytes(t);
     q = Buffer(static_cast<std::size_t>(c.B * qs_b), eb);
@@ -175,6 +192,17 @@ struct Run {
       for (std::size_t i = 0; i < b.n; ++i) store(b.data(), i, t, static_cast<float>(da::bfloat16(static_cast<float>(n1(rr)))));
     };
     fill(q, 1.0); fill(k, 1.0); fill(v, 1.0);
+    const bool dbl0 = t == da::DType::f64;
+    if (c.v2) {  // logits [B, N, H], contiguous, in the side type (fp32, double for f64)
+      logits = Buffer(static_cast<std::size_t>(c.B * c.N * c.H), dbl0 ? 8 : 4);
+      std::mt19937_64 rz(c.seed * 17 + 3);
+      std::normal_distribution<double> nz(0, 2);
+      for (std::size_t i = 0; i < logits.n; ++i) {
+        const double z = static_cast<float>(nz(rz));
+        if (dbl0) static_cast<double*>(logits.data())[i] = z;
+        else static_cast<float*>(logits.data())[i] = static_cast<float>(z);
+      }
+    }
     const std::size_t nl = static_cast<std::size_t>((c.per_head ? c.H : 1) * d);
     for (auto* x : {&lam_d}) x->resize(4 * nl);
     std::mt19937_64 rl(c.seed * 13 + 5);
@@ -207,10 +235,26 @@ struct Run {
     p.q1 = {qb, qs_b, qs_t, qs_h};
     p.q2 = {qb + d * eb, qs_b, qs_t, qs_h};
     p.k1 = {kb, ks_b, ks_t, ks_h};
-    p.k2 = {kb + d * eb, ks_b, ks_t, ks_h};
-    p.set_v({v.data(), vs_b, vs_t, vs_h});
     p.out = {out.data(), os_b, os_t, os_h};
     p.mask = c.mask;
+    if (c.v2) {
+      p.variant = da::Variant::diff_v2;
+      p.v_lo = {v.data(), vs_b, vs_t, vs_h};
+      p.lambda.logits = {logits.data(), c.N * c.H, c.H, 1};
+      p.norm.kind = da::NormKind::none;
+      void* ex[6];
+      for (int e = 0; e < 6; ++e) ex[e] = side[e].data();
+      p.extras = {ex[0], ex[1], ex[2], ex[3], ex[4], ex[5]};
+      return;
+    }
+    p.k2 = {kb + d * eb, ks_b, ks_t, ks_h};
+    if (c.split_v) {
+      auto* vb = static_cast<unsigned char*>(v.data());
+      p.v_lo = {vb, vs_b, vs_t, vs_h};
+      p.v_hi = {vb + c.Hkv * vs_h * static_cast<i64>(eb), vs_b, vs_t, vs_h};
+    } else {
+      p.set_v({v.data(), vs_b, vs_t, vs_h});
+    }
     const void* lv = dbl ? static_cast<const void*>(lam_d.data()) : lam.data();
     const std::size_t step = nl * (dbl ? 8 : 4);
     p.lambda = {lv, static_cast<const unsigned char*>(lv) + step, static_cast<const unsigned char*>(lv) + 2 * step,
@@ -249,14 +293,14 @@ struct Run {
 /// P V (tensor-core kernels). Returns the number of bad elements (reported with CHECKs).
 std::size_t compare(const Case& c, Run& got, Run& ref, double u, bool p_rounded, const std::string& who) {
   INFO(who << ", " << c.str());
-  const i64 dv = 2 * c.d;
+  const i64 dv = c.v2 ? c.d : 2 * c.d;
   std::size_t bad = 0;
   double vmax = 0;
   for (std::size_t i = 0; i < ref.v.n; ++i) vmax = std::max(vmax, std::fabs(load(ref.v.base(), i, da::DType::f64)));
   // the error of A: fp32 accumulation (a few ulps of the sum of |P V|), and, where P is rounded
   // to 16 bits, u of each |P_c V| term: at most (1 + |lambda|) u max|V| per row
-  double lam_max = 0;
-  for (i64 h = 0; h < (c.per_head ? c.H : 1); ++h) {
+  double lam_max = c.v2 ? 1.0 : 0.0;  // V2: sigmoid, in (0, 1)
+  for (i64 h = 0; h < (c.v2 ? 0 : (c.per_head ? c.H : 1)); ++h) {
     double dot[2] = {0, 0};
     for (i64 x = 0; x < c.d; ++x)
       for (int j = 0; j < 2; ++j) dot[j] += ref.lam_d[(2 * j) * (ref.lam_d.size() / 4) + h * c.d + x] * ref.lam_d[(2 * j + 1) * (ref.lam_d.size() / 4) + h * c.d + x];
@@ -440,7 +484,7 @@ TEST_CASE("bad input: every backend rejects each mutation with a message and wri
   const auto muts = invalid_mutations();
   std::size_t rejected = 0;
   for_a_while("bad input", [&](std::uint64_t seed) {
-    Case c = random_case(seed, {32, 64});
+    Case c = random_case(seed, {32, 64}, /*allow_v2=*/false);  // V1's fields are mutated
     const Mutation& m = muts[seed % muts.size()];
     const int backend = static_cast<int>(seed / muts.size() % 3);
     const da::DType t = backend == 2 ? da::DType::bf16 : da::DType::f32;
@@ -462,7 +506,7 @@ TEST_CASE("bad input: every backend rejects each mutation with a message and wri
 
 TEST_CASE("valid but unusual input is accepted and correct: broadcast keys (token stride 0), Q2 = Q1 and K2 = K1") {
   for_a_while("unusual input", [&](std::uint64_t seed) {
-    Case c = random_case(seed, {16, 32});
+    Case c = random_case(seed, {16, 32}, /*allow_v2=*/false);
     Run ref = reference_run(c);
     Run got(c, da::DType::f32);
     const bool broadcast = seed % 2;

@@ -160,7 +160,7 @@ TEST_CASE("backward writes every gradient element (no NaN left from the poison) 
 TEST_CASE("backward on f16 and bf16 elements vs the double reference on the same inputs") {
   // The gradients are rounded once to the element type (<= u relative) after fp32 math; the
   // fp32 error of these small sums is < 1e-5 of the largest gradient. Tolerance: 2u relative
-  // plus 2e-5 of the tensor's largest gradient (DESIGN.md's 2x rule, absolute floor scaled to
+  // plus 2e-5 of the tensor's largest gradient (docs/TESTING.md's 2x rule, absolute floor scaled to
   // the tensor because gradients have no natural unit).
   auto run = [](auto tag, double u, std::uint64_t seed) {
     using Elem = decltype(tag);

@@ -23,7 +23,7 @@ void run_lowp(const Shape& s, std::uint64_t seed) {
   REQUIRE(da::reference::forward<double>(pr_ref).ok());
   // Tolerance: the output is rounded once to Elem (<= u |out|) after fp32 math whose error on
   // these sizes (<= 257 terms per sum, normalised rows) is below 1e-5 absolute; we allow twice
-  // both (DESIGN.md's 2x rule): 2u relative plus 2e-5 absolute.
+  // both (docs/TESTING.md's 2x rule): 2u relative plus 2e-5 absolute.
   const double u = unit_roundoff<Elem>();
   check_close(to_double(pr.out), ref.out, 2e-5, 2 * u, "out");
   // LSE and the saved rows stay fp32: fp32 error only

@@ -1,5 +1,5 @@
 // tests/support/naive_lowp.hpp: the naive forward in a 16-bit kernel's own precision, for
-// DESIGN.md's tolerance rule ("a kernel's error may be at most 2x the error of the naive
+// docs/TESTING.md's tolerance rule ("a kernel's error may be at most 2x the error of the naive
 // computation in the kernel's own precision"): 16-bit inputs, fp32 scores, softmax and
 // accumulation, P = P_1 - lambda P_2 rounded to the element type before P V (as a tensor-core
 // kernel must), fp32 norm, output rounded to the element type.

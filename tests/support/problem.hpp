@@ -365,7 +365,7 @@ LoopResult loop_forward(const Problem<Elem>& pr, const std::function<bool(i64, i
   return r;
 }
 
-/// The mask predicate of SPEC.md written out directly (bottom-right aligned).
+/// The mask predicate of docs/SPEC.md written out directly (bottom-right aligned).
 inline std::function<bool(i64, i64)> spec_mask(const Shape& s) {
   const i64 off = s.S - s.N;
   switch (s.mask) {

@@ -1,4 +1,4 @@
-// diffattn/core/lambda.hpp: the re-parameterised lambda of SPEC.md. Host/device.
+// diffattn/core/lambda.hpp: the re-parameterised lambda of docs/SPEC.md. Host/device.
 //
 //   lambda = exp(<lq1, lk1>) - exp(<lq2, lk2>) + lambda_init
 #pragma once

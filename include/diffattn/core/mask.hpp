@@ -1,6 +1,6 @@
 // diffattn/core/mask.hpp: which keys a query row sees. Host/device; no backend in it.
 //
-// All masks are bottom-right aligned (SPEC.md): with diag = S - N, query i sits over key i + diag.
+// All masks are bottom-right aligned (docs/SPEC.md): with diag = S - N, query i sits over key i + diag.
 //   none:    every key
 //   causal:  j <= i + diag
 //   window:  i + diag - window_left <= j <= i + diag + window_right   (-1: unbounded side)

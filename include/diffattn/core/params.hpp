@@ -10,7 +10,7 @@
 // V is two views of d channels each, the lower (v_lo) and upper (v_hi) half of the 2d output
 // channels, so that a V whose halves lie at different addresses (HF DiffLlama) needs no copy;
 // Params::set_v() takes a V of 2d contiguous channels (the official code's). The official
-// interleaved layout of SPEC.md (q [B,N,2H,d], k [B,S,2Hkv,d], v [B,S,Hkv,2d], out [B,N,H,2d])
+// interleaved layout of docs/SPEC.md (q [B,N,2H,d], k [B,S,2Hkv,d], v [B,S,Hkv,2d], out [B,N,H,2d])
 // is q1 = q, q2 = q + d, head stride 2d: see make_official_params(); make_diffllama_params()
 // builds the DiffLlama layout. Any other layout (split Q1/Q2 halves, BHSD, packed QKV) is only
 // other strides; nothing is copied.
@@ -152,7 +152,7 @@ struct Params {
   double scale() const {
     return softmax_scale != 0.0 ? softmax_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
   }
-  /// The KV group read by diff head h (flash files of the official code, SPEC.md).
+  /// The KV group read by diff head h (flash files of the official code, docs/SPEC.md).
   std::int64_t kv_group(std::int64_t h) const { return h / n_rep(); }
   /// The factor on the normalised output: 1 - lambda_init (V1), 1 (V2).
   double out_scale() const { return is_v2() ? 1.0 : 1.0 - lambda.lambda_init; }
@@ -195,10 +195,10 @@ struct BackwardParams {
   }
 };
 
-/// lambda_init(depth) = 0.8 - 0.6 * exp(-0.3 * depth), depth the 0-based layer index (SPEC.md).
+/// lambda_init(depth) = 0.8 - 0.6 * exp(-0.3 * depth), depth the 0-based layer index (docs/SPEC.md).
 inline double lambda_init_for_depth(int depth) { return 0.8 - 0.6 * std::exp(-0.3 * depth); }
 
-/// Params for the official interleaved layout of SPEC.md, contiguous tensors:
+/// Params for the official interleaved layout of docs/SPEC.md, contiguous tensors:
 ///   q [B, N, 2H, d], k [B, S, 2Hkv, d], v [B, S, Hkv, 2d], out [B, N, H, 2d]
 /// (query head 2h + c is component c of diff head h; key head 2g + c is component c of group g).
 /// Defaults: no mask, softmax scale 1/sqrt(d). Still to set: p.norm (kind, gamma; eps is

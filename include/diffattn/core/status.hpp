@@ -11,7 +11,7 @@ DIFFATTN_NAMESPACE_BEGIN
 
 enum class StatusCode : int {
   ok = 0,
-  invalid_argument = 1,  ///< the input breaks a rule of SPEC.md (the message names the argument)
+  invalid_argument = 1,  ///< the input breaks a rule of docs/SPEC.md (the message names the argument)
   unsupported = 2,       ///< valid, but this backend or build does not provide it
   internal = 3,          ///< a failure inside the backend (e.g. a CUDA error)
 };

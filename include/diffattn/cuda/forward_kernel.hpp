@@ -4,7 +4,7 @@
 // every shipped configuration.
 //
 // One block: BlockM query rows of one (batch, diff head), 16 rows per warp, over the visible key
-// tiles (tiles wholly outside the mask are skipped), in one of the two forms of DESIGN.md
+// tiles (tiles wholly outside the mask are skipped), in one of the two forms of cuda/traits.hpp
 // (Traits::kSinglePass, see cuda/traits.hpp):
 //   single pass: per tile, S_c = s Q_c K_c^T (c = 1, 2), online softmax (running max m_c and sum
 //     l_c, base-2 domain, lazily rescaled), acc_c = acc_c * exp2(m_old - m_new) + P_c V with each

@@ -81,7 +81,7 @@ constexpr int v2_block_n(int head_dim) { return head_dim <= 64 ? 32 : 16; }
 /// @tparam HeadDim  d, the head dim of each Q/K component; V and out have 2d. Multiple of 16.
 /// @tparam BlockM   query rows per block: 16 per warp. Default default_block_m(d).
 /// @tparam BlockN   keys per tile (of pass 2 in the two-pass form). Default default_block_n(d).
-/// @tparam SinglePass  the form of DESIGN.md. true: one stream of K1, K2, V tiles, two online
+/// @tparam SinglePass  the form. true: one stream of K1, K2, V tiles, two online
 ///   softmaxes and two accumulators P_1 V, P_2 V combined with lambda in the epilogue (also
 ///   yields O_2 for the backward). false: pass 1 streams K1, K2 for the row max and sum of both
 ///   softmaxes; pass 2 streams K1, K2, V again and accumulates (P_1 - lambda P_2) V into ONE

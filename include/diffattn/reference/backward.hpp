@@ -1,4 +1,4 @@
-// diffattn/reference/backward.hpp: the naive backward of SPEC.md, line by line.
+// diffattn/reference/backward.hpp: the naive backward of docs/SPEC.md, line by line.
 //
 //   Status s = diffattn::reference::backward<double>(bparams);
 //
