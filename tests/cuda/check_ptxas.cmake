@@ -1,6 +1,6 @@
 # ctest script: every DiffAttnForwardKernel entry in the ptxas logs must have
-# "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", and each log must hold one
-# entry per architecture. Prints the register count of each.
+# "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", and each log must hold
+# EXPECT_PER_LOG entries (the configuration's V1 and V2 kernels, per architecture). Prints the register count of each.
 set(bad 0)
 foreach(log IN LISTS LOGS)
   if(NOT EXISTS ${log})

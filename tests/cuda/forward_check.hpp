@@ -44,8 +44,15 @@ void check_forward_case(const Shape& s0, std::uint64_t seed, bool split,
   INFO("naive error " << naive_err << ", tolerance " << tol);
   check_close(to_double(pr.out), ref.out, tol, 0, "out");
   // A (fp32, before the norm and the output rounding): the sharpest view of the kernel's math
+  // The floor: a sixteenth of the 16-bit rounding unit of the largest |A|. The kernel rounds the
+  // unnormalised exp2(s - m) of each key to 16 bits, the naive computation the normalised P: the
+  // same u per term but different draws, and in a case where the naive draws happen to be small
+  // the kernel's max error can pass 2x theirs by chance (seen: 2.03x, bf16 d = 32, DIFF V2, where
+  // the floor was 1e-6). One misrounded P term of weight above 1/16 still fails.
   const double naive_attn_err = max_abs_diff(naive.attn, ref.attn);
-  check_close(to_double(pr.attn), ref.attn, 2 * naive_attn_err + 1e-6, 0, "attn (A)");
+  double amax = 0;
+  for (double x : ref.attn) amax = std::max(amax, std::fabs(x));
+  check_close(to_double(pr.attn), ref.attn, 2 * naive_attn_err + u * amax / 16 + 1e-6, 0, "attn (A)");
   // LSE: fp32 sums of exact products of 16-bit inputs; ~d * 2^-24 relative, 1e-4 leaves margin
   check_close(to_double(pr.lse1), ref.lse1, 1e-4, 1e-4, "lse1");
   check_close(to_double(pr.lse2), ref.lse2, 1e-4, 1e-4, "lse2");
