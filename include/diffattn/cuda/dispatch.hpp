@@ -89,6 +89,9 @@ inline Status check_forward_support(const Params& p, std::int64_t block_m, bool 
   if (p.extras.o2 != nullptr && !single_pass)
     return Status::Unsupported("extras.o2: this head dim runs the two-pass cuda forward (one accumulator), "
                                "which does not produce O_2");
+  if (!p.is_v2() && p.v_lo.stride_t != p.v_hi.stride_t)
+    return Status::Unsupported("v_lo, v_hi: the cuda forward needs V's two halves at the same token stride (got " +
+                               std::to_string(p.v_lo.stride_t) + " and " + std::to_string(p.v_hi.stride_t) + ")");
   if (p.batch * p.heads > 65535)
     return Status::Unsupported("batch * heads must be <= 65535 for the cuda forward (grid.y)");
   if ((p.seqlen_q + block_m - 1) / block_m > 2147483647)

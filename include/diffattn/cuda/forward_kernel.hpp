@@ -99,10 +99,10 @@ struct DiffAttnForwardKernel {
   using QLoader = detail::TileLoader<T::kThreads, T::kBlockM, T::kHeadDim, T::kQStride>;
   using KLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kHeadDim, T::kQStride>;
   using K1Loader = detail::TileLoader<T::kThreads, T::kBlockN1, T::kHeadDim, T::kQStride>;
-  // V moves as its halves of d channels (v_lo into channels [0, d) of the shared tile, v_hi into
-  // [d, 2d)), each its own strided view (HF DiffLlama's V halves are two KV heads)
-  using VLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kHeadDim, T::kVStride>;
-  static constexpr int kVHalves = T::kV2 ? 1 : 2;
+  // V1's V moves as one tile of 2d columns from its two halves (v_lo into channels [0, d), v_hi
+  // into [d, 2d)), each its own strided view (HF DiffLlama's V halves are two KV heads): the
+  // loader picks a thread's half once (cuda forward requires equal token strides of the halves)
+  using VLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kValueDim, T::kVStride, !T::kV2>;
 
   DIFFATTN_DEVICE void operator()(ForwardArgs a) const {
     using simt::smem_ptr;
@@ -182,7 +182,7 @@ struct DiffAttnForwardKernel {
       scale_mask(s, static_cast<std::int64_t>(nb) * T::kBlockN);
     };
     KLoader kl[2] = {KLoader(gK[0], a.k1.stride_t, tid), KLoader(gK[1], a.k2.stride_t, tid)};
-    VLoader vl[2] = {VLoader(gV[0], a.v_lo.stride_t, tid), VLoader(gV[1], a.v_hi.stride_t, tid)};
+    VLoader vl(gV[0], a.v_lo.stride_t, tid, gV[1]);
 
     // the K1, K2, V tiles of the single pass and of pass 2: the visible range, loaders moved to its
     // first tile
@@ -190,15 +190,13 @@ struct DiffAttnForwardKernel {
       tile_range(T::kBlockN, nb_begin, nb_end);
       DIFFATTN_UNROLL
       for (int c = 0; c < T::kKComps; ++c) kl[c].skip(nb_begin);
-      DIFFATTN_UNROLL
-      for (int hv = 0; hv < kVHalves; ++hv) vl[hv].skip(nb_begin);
+      vl.skip(nb_begin);
     };
     auto load_kv = [&](int stage, int nb) {
       const std::int64_t rows = S - static_cast<std::int64_t>(nb) * T::kBlockN;
       DIFFATTN_UNROLL
       for (int c = 0; c < T::kKComps; ++c) kl[c].load(sK(stage, c), rows);
-      DIFFATTN_UNROLL
-      for (int hv = 0; hv < kVHalves; ++hv) vl[hv].load(sV(stage) + hv * T::kHeadDim, rows);
+      vl.load(sV(stage), rows);
     };
 
     float acc[T::kOTiles][4];

@@ -31,7 +31,8 @@ namespace detail {
 /// per-chunk address code recomputed every tile was 184 of 641 instructions of the d = 64 key
 /// tile and 286 of 562 of the d = 128 pass 2, reading of commit 4d89025). Only a ragged tile
 /// (fewer than kRows rows left) takes the zero-filling path.
-template <int kThreads, int kRows, int kCols, int kSmemStride>
+/// kTwoHalves: columns [kCols / 2, kCols) come from a second base (the constructor's `upper`).
+template <int kThreads, int kRows, int kCols, int kSmemStride, bool kTwoHalves = false>
 class TileLoader {
  public:
   static constexpr int kChunksPerRow = kCols / 8;
@@ -45,20 +46,31 @@ class TileLoader {
       kColumnwise ? (kRows + kRowStep - 1) / kRowStep : (kChunks + kThreads - 1) / kThreads;
 
   /// `first_tile`: row 0 of the first tile load() copies; `gstride`: elements between rows.
-  DIFFATTN_DEVICE TileLoader(const std::uint16_t* first_tile, std::int64_t gstride, unsigned tid)
+  /// `upper` (optional): where columns [kCols / 2, kCols) come from instead, row 0 of its first
+  /// tile, the same row stride (V's two halves of d channels, v_lo and v_hi, which may lie at
+  /// unrelated addresses: HF DiffLlama's two KV heads). A thread's columns are fixed, so in the
+  /// columnwise form the choice is made once, here, and costs nothing per tile (the SASS model:
+  /// two loaders of d columns instead had cost 18 instructions per 16 keys at d = 32).
+  DIFFATTN_DEVICE TileLoader(const std::uint16_t* first_tile, std::int64_t gstride, unsigned tid,
+                             const std::uint16_t* upper = nullptr)
       : gstride_(gstride), tid_(static_cast<int>(tid)) {
     if constexpr (kColumnwise) {
       row_ = tid_ / kChunksPerRow;
       const int col = (tid_ % kChunksPerRow) * 8;
       soff_ = row_ * kSmemStride + col;
-      src_ = first_tile + row_ * gstride + col;
+      src_ = kTwoHalves && upper != nullptr && col >= kCols / 2 ? upper + row_ * gstride + (col - kCols / 2)
+                                                  : first_tile + row_ * gstride + col;
     } else {
       src_ = first_tile;
+      if constexpr (kTwoHalves) upper_ = upper != nullptr ? upper : first_tile + kCols / 2;
     }
   }
 
   /// Moves on by `tiles` tiles without copying (to the first visible tile of a masked row block).
-  DIFFATTN_DEVICE void skip(int tiles) { src_ += static_cast<std::int64_t>(tiles) * kRows * gstride_; }
+  DIFFATTN_DEVICE void skip(int tiles) {
+    src_ += static_cast<std::int64_t>(tiles) * kRows * gstride_;
+    if constexpr (!kColumnwise && kTwoHalves) upper_ += static_cast<std::int64_t>(tiles) * kRows * gstride_;
+  }
 
   /// Issues this thread's copies of the next tile into `dst` (rows at or past `valid_rows` are
   /// zero-filled) and moves on to the tile after it. Does not commit.
@@ -99,14 +111,17 @@ class TileLoader {
           const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
           const simt::smem_ptr<std::uint16_t> d = dst + (r * kSmemStride + col);
           const bool ok = !kRagged || r < valid_rows;
-          simt::cp_async_16_zfill(d, ok ? src_ + r * gstride_ + col : src_, ok ? 16 : 0);
+          const std::uint16_t* from = !kTwoHalves || col < kCols / 2 ? src_ + r * gstride_ + col : upper_ + r * gstride_ + (col - kCols / 2);
+          simt::cp_async_16_zfill(d, ok ? from : src_, ok ? 16 : 0);
         }
       }
       src_ += kRows * gstride_;
+      if constexpr (kTwoHalves) upper_ += kRows * gstride_;
     }
   }
 
   const std::uint16_t* src_;  // columnwise: this thread's first chunk of the next tile; else row 0
+  const std::uint16_t* upper_ = nullptr;  // general form: row 0 of the upper columns' next tile
   std::int64_t gstride_;
   int tid_;
   int row_ = 0;   // columnwise: the row of this thread's first chunk in a tile
