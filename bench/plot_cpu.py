@@ -129,20 +129,15 @@ def table(ctx, rows, peaks, peer_ctx=None):
                         continue
                     cells = " | ".join("-" if v is None else f"{v:.1f}" for v in vals)
                     lines.append(f"| {dtype} | {mask} | {d} | {backend} | {cells} |")
-                ratios = [None if rows.get(("cpu", dtype, mask, d, n)) is None
-                          or not rows.get(("pytorch four_sdpa", dtype, mask, d, n))
-                          else rows[("cpu", dtype, mask, d, n)] / rows[("pytorch four_sdpa", dtype, mask, d, n)]
-                          for n in ns]
-                if any(r is not None for r in ratios):
-                    cells = " | ".join("-" if r is None else f"{r:.2f}x" for r in ratios)
-                    lines.append(f"| {dtype} | {mask} | {d} | cpu / four_sdpa | {cells} |")
-                ratios = [None if rows.get(("cpu v2", dtype, mask, d, n)) is None
-                          or not rows.get(("pytorch v2_sdpa", dtype, mask, d, n))
-                          else rows[("cpu v2", dtype, mask, d, n)] / rows[("pytorch v2_sdpa", dtype, mask, d, n)]
-                          for n in ns]
-                if any(r is not None for r in ratios):
-                    cells = " | ".join("-" if r is None else f"{r:.2f}x" for r in ratios)
-                    lines.append(f"| {dtype} | {mask} | {d} | cpu v2 / v2_sdpa | {cells} |")
+                for ours, peer, label in (("cpu", "pytorch four_sdpa", "cpu / four_sdpa"),
+                                          ("cpu v2", "pytorch v2_sdpa", "cpu v2 / v2_sdpa")):
+                    ratios = [None if rows.get((ours, dtype, mask, d, n)) is None
+                              or not rows.get((peer, dtype, mask, d, n))
+                              else rows[(ours, dtype, mask, d, n)] / rows[(peer, dtype, mask, d, n)]
+                              for n in ns]
+                    if any(r is not None for r in ratios):
+                        cells = " | ".join("-" if r is None else f"{r:.2f}x" for r in ratios)
+                        lines.append(f"| {dtype} | {mask} | {d} | {label} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -269,19 +269,13 @@ template <class T>
 Params make_diff_v2_params(std::int64_t B, std::int64_t N, std::int64_t S, std::int64_t H,
                            std::int64_t Hkv, std::int64_t d, const T* q, const T* k, const T* v,
                            const param_t<T>* lambda_logits, T* out) {
-  Params p;
+  // sizes and the interleaved query pairs as the official layout's; K, V, out of d channels
+  Params p = make_official_params<T>(B, N, S, H, Hkv, d, q, nullptr, nullptr, nullptr);
   p.variant = Variant::diff_v2;
-  p.batch = B;
-  p.seqlen_q = N;
-  p.seqlen_k = S;
-  p.heads = H;
-  p.kv_heads = Hkv;
-  p.head_dim = d;
-  p.dtype = dtype_of_v<T>;
-  p.q1 = {q, N * 2 * H * d, 2 * H * d, 2 * d};
-  p.q2 = {q == nullptr ? nullptr : q + d, N * 2 * H * d, 2 * H * d, 2 * d};
   p.k1 = {k, S * Hkv * d, Hkv * d, d};
+  p.k2 = {};
   p.v_lo = {v, S * Hkv * d, Hkv * d, d};
+  p.v_hi = {};
   p.out = {out, N * H * d, H * d, d};
   p.lambda.logits = {lambda_logits, N * H, H, 1};
   p.norm.kind = NormKind::none;
