@@ -461,7 +461,7 @@ std::vector<Mutation> invalid_mutations() {
       {"kv_heads 0", [](da::Params& p) { p.kv_heads = 0; }},
       {"huge heads with per-head lambda", [](da::Params& p) { p.heads = p.kv_heads * (i64{1} << 60); p.lambda.per_head = true; }},
       {"head_dim 0", [](da::Params& p) { p.head_dim = 0; }},
-      {"head_dim 1000", [](da::Params& p) { p.head_dim = 1000; }},
+      {"head_dim 2000 (above every backend's maximum)", [](da::Params& p) { p.head_dim = 2000; }},
       {"dtype out of range", [](da::Params& p) { p.dtype = static_cast<da::DType>(42); }},
       {"mask kind out of range", [](da::Params& p) { p.mask.kind = static_cast<da::MaskKind>(9); }},
       {"window set without window mask", [](da::Params& p) { p.mask.kind = da::MaskKind::none; p.mask.window_left = 3; }},
