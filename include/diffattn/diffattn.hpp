@@ -9,6 +9,7 @@
 #include "diffattn/core/params.hpp"
 #include "diffattn/core/status.hpp"
 #include "diffattn/core/validate.hpp"
+#include "diffattn/cpu/backward.hpp"
 #include "diffattn/cpu/forward.hpp"
 #include "diffattn/reference/backward.hpp"
 #include "diffattn/reference/forward.hpp"

@@ -180,12 +180,38 @@ struct Gradients {
   void* dbeta = nullptr;   ///< required when norm.beta is given
 };
 
+/// What the forward saved for the backward: the ForwardExtras of the forward call that made
+/// `out` (same params, same inputs), read only. Shapes as ForwardExtras ([B, H, N] rows and
+/// [B, H, N, dv] rows, fp32 (double for f64), contiguous). The fused backward (cpu::backward)
+/// needs lse1, lse2, attn and o2, plus rstd for NormKind::rms and group and mean for group;
+/// the reference backward recomputes everything and accepts them unset (it checks their
+/// layout when they are given). saved_from(p.extras) makes one from the forward's extras.
+struct SavedTensors {
+  const void* lse1 = nullptr;  ///< [B, H, N] logsumexp of S_1 + mask (natural log, -inf: fully masked)
+  const void* lse2 = nullptr;  ///< [B, H, N] the same for S_2
+  const void* attn = nullptr;  ///< [B, H, N, dv] A = P_1 V - lambda P_2 V (before the norm)
+  const void* o2 = nullptr;    ///< [B, H, N, dv] O_2 = P_2 V
+  const void* rstd = nullptr;  ///< [B, H, N] the norm's rsqrt(var + eps)
+  const void* mean = nullptr;  ///< [B, H, N] the group norm's row mean
+};
+/// The extras a forward wrote, as the saved tensors of its backward.
+inline SavedTensors saved_from(const ForwardExtras& x) {
+  return {x.lse1, x.lse2, x.attn, x.o2, x.rstd, x.mean};
+}
+
 /// Everything a backward call needs: the forward's params (same inputs), the incoming gradient
-/// dout (element type and strides of `out`, which the backward does not read), and the outputs.
+/// dout (element type and strides of `out`, which the backward does not read), the forward's
+/// saved tensors, and the outputs.
 struct BackwardParams {
   Params fwd;
   ConstTensorRef dout;
+  SavedTensors saved;
   Gradients grad;
+  /// Bitwise reproducible gradients run to run. The CPU backends always are (no atomics: for
+  /// a fixed thread count, and cpu::backward for every thread count when B * Hkv >= 4 x
+  /// threads), whatever this says; a GPU backward that accumulates dQ with atomics by default
+  /// reduces per-split buffers in a fixed order instead when it is set.
+  bool deterministic = false;
   /// Sets grad.dv_lo and grad.dv_hi from one dV of 2d contiguous channels (as Params::set_v).
   void set_dv(TensorRef dv) {
     grad.dv_lo = dv;

@@ -31,6 +31,7 @@ struct BackendCaps {
                                      ///< (0: the element size)
   bool host_readable = true;         ///< lambda vectors are host memory: check them for NaN
   std::int64_t max_seqlen = INT64_MAX;  ///< largest N and S the backend's index types allow
+  bool backward_needs_saved = false; ///< the backward reads BackwardParams::saved (a fused one)
 
   bool accepts_dtype(DType t) const {
     const int i = static_cast<int>(t);
@@ -467,6 +468,43 @@ inline Status check_side_values(const Params& p, const BackendCaps& caps) {
   return Status::Ok();
 }
 
+/// The saved row statistics a fused backward divides by or exponentiates: rstd finite and > 0,
+/// lse not NaN and not +inf (-inf marks a fully masked row), mean finite. O(B H N) reads.
+inline Status check_saved_values(const BackwardParams& bp, const BackendCaps& caps) {
+  if (!caps.host_readable) return Status::Ok();
+  const Params& p = bp.fwd;
+  const std::int64_t rows = p.batch * p.heads * p.seqlen_q;
+  const bool dbl = p.dtype == DType::f64;
+  auto at = [&](const void* v, std::int64_t i) {
+    return dbl ? static_cast<const double*>(v)[i] : static_cast<double>(static_cast<const float*>(v)[i]);
+  };
+  auto where = [&](std::int64_t r) {
+    const std::int64_t i = r % p.seqlen_q, h = r / p.seqlen_q % p.heads, b = r / p.seqlen_q / p.heads;
+    return " (at b = " + std::to_string(b) + ", head " + std::to_string(h) + ", row " + std::to_string(i) +
+           "): not what a forward of these params saves";
+  };
+  const SavedTensors& sv = bp.saved;
+  for (int c = 0; c < 2; ++c) {
+    const void* l = c == 0 ? sv.lse1 : sv.lse2;
+    if (!l) continue;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const double x = at(l, r);
+      if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
+        return Status::Invalid(std::string(c == 0 ? "saved.lse1" : "saved.lse2") + " is NaN or +inf" + where(r));
+    }
+  }
+  const NormKind nk = p.norm_kind();
+  if (sv.rstd && nk != NormKind::none)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const double x = at(sv.rstd, r);
+      if (!(x > 0) || !std::isfinite(x)) return Status::Invalid("saved.rstd is not finite and > 0" + where(r));
+    }
+  if (sv.mean && nk == NormKind::group)
+    for (std::int64_t r = 0; r < rows; ++r)
+      if (!std::isfinite(at(sv.mean, r))) return Status::Invalid("saved.mean is not finite" + where(r));
+  return Status::Ok();
+}
+
 }  // namespace detail
 
 /// Checks a forward call. Ok, or a status naming the argument and the rule it breaks.
@@ -524,8 +562,33 @@ inline Status validate(const BackwardParams& bp, const BackendCaps& caps = {}) {
       return Status::Invalid(std::string(names[i]) + " is not aligned to its element size");
     detail::add_side(layouts, names[i], ptrs[i], i < 4 ? lam_len : 2 * d, pelem, true);
   }
+  // the forward's saved tensors (inputs here): required by a fused backward, checked when given
+  {
+    std::int64_t rows = 0, elems = 0;
+    if (!detail::mul_ok(p.batch, H, &rows) || !detail::mul_ok(rows, N, &rows) || !detail::mul_ok(rows, p.value_dim(), &elems))
+      return Status::Invalid("batch * heads * seqlen_q * value channels overflows int64");
+    const SavedTensors& sv = bp.saved;
+    const NormKind nk = p.norm_kind();
+    const char* sn[6] = {"saved.lse1", "saved.lse2", "saved.attn", "saved.o2", "saved.rstd", "saved.mean"};
+    const void* sp[6] = {sv.lse1, sv.lse2, sv.attn, sv.o2, sv.rstd, sv.mean};
+    const char* xn[6] = {"lse1", "lse2", "attn", "o2", "rstd", "mean"};
+    const bool need[6] = {true, true, true, true, nk == NormKind::rms || nk == NormKind::group, nk == NormKind::group};
+    for (int i = 0; i < 6; ++i) {
+      if (sp[i] == nullptr) {
+        if (caps.backward_needs_saved && need[i])
+          return Status::Invalid(std::string(sn[i]) + " is null: the " + caps.name +
+                                 " backward reads what the forward saved (set the forward's extras." + xn[i] +
+                                 " and pass saved_from(params.extras))");
+        continue;
+      }
+      if (reinterpret_cast<std::uintptr_t>(sp[i]) % pelem != 0)
+        return Status::Invalid(std::string(sn[i]) + " is not aligned to its element size");
+      detail::add_side(layouts, sn[i], sp[i], (i == 2 || i == 3) ? elems : rows, pelem, false);
+    }
+  }
   if (!(s = detail::check_layouts(layouts)).ok()) return s;
-  return detail::check_side_values(p, caps);
+  if (!(s = detail::check_side_values(p, caps)).ok()) return s;
+  return detail::check_saved_values(bp, caps);
 }
 
 DIFFATTN_NAMESPACE_END

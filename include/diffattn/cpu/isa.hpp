@@ -127,6 +127,7 @@ struct Kernels {
   void (*pv_block64)(const float*, std::int64_t, int, int, const float*, float*) = nullptr;
   void (*widen_f16)(const half*, float*, std::int64_t) = nullptr;
   void (*widen_bf16)(const bfloat16*, float*, std::int64_t) = nullptr;
+  void (*bwd_tile)(const BwdTile&) = nullptr;
 
   template <class Elem>
   ProcessFn process() const {
@@ -152,6 +153,7 @@ Kernels kernels_of(Isa i) {
   k.pv_block64 = &E::pv_block64;
   k.widen_f16 = &E::template widen_n<half>;
   k.widen_bf16 = &E::template widen_n<bfloat16>;
+  k.bwd_tile = &E::bwd_tile;
   return k;
 }
 

@@ -258,9 +258,13 @@ void merge_splits(const Ctx& cx, State* states) {
   }
 }
 
+#include "diffattn/cpu/detail/backward.inl"
+
 /// The entry points of this ISA (cpu/isa.hpp takes their addresses; nothing outside the ISA's
 /// region calls its vector code directly).
 struct Entry {
+  /// One tile of the fused backward (cpu/backward.hpp).
+  static void bwd_tile(const BwdTile& t) { bwd_tile_impl(t); }
   /// One work item with nv groups of 16 query columns (1 to kBlockM / 16).
   template <class Elem>
   static void process(const Ctx& cx, int nv, std::int64_t b, std::int64_t h, std::int64_t qb, int s,

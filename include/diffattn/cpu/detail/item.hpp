@@ -128,6 +128,40 @@ struct ThreadScratch {
   }
 };
 
+/// One tile of the fused backward (cpu/backward.hpp): up to kBwdBlockM query rows of one head
+/// against one block of up to kBlockN keys (the block's keys run along the vector lanes, padded
+/// to kBlockN with zeros). cpu/detail/backward.inl computes, for this tile,
+///   P_c = exp2(S_c c - L_c) (masked), dPA = dA V^T, W = P_1 - lambda P_2,
+///   dS_1 = s P_1 (dPA - D_1), dS_2 = s P_2 (-lambda dPA - D_2),
+///   dV^T += dA^T W, dK_c^T += Q_c^T dS_c, dQ_c += dS_c K_c
+/// with dK^T, dV^T and dQ accumulated in fp32 buffers the caller owns.
+inline constexpr int kBwdBlockM = 64;
+/// Per query row, the floats the backward's tiles read: L_1, L_2 (lse in log2 units, -inf:
+/// fully masked), s D_1, s D_2 (the row dot products, times the softmax scale), lambda.
+inline constexpr int kBwdStat = 5;
+struct BwdTile {
+  int nr = 0, nj = 0;          ///< query rows, keys of the tile
+  int d = 0, dv = 0, dpad = 0; ///< channels of Q/K, of V, and K's packed row stride (lanes of dQ)
+  bool full = false;           ///< every row sees every key of the block: no mask
+  const std::int32_t* lo = nullptr;  ///< !full: first visible key of each row, relative to the block
+  const std::int32_t* hi = nullptr;  ///< !full: one past the last
+  const float* q[2] = {};      ///< Q_c rows (nr x d), row stride ldq
+  std::int64_t ldq = 0;
+  const float* da = nullptr;   ///< dA rows (nr x dv), row stride dv
+  const float* stat = nullptr; ///< kBwdStat floats per row
+  const float* kp[2] = {};     ///< K_c rows (nj x dpad, zero past d)
+  const float* kt[2] = {};     ///< K_c^T (d x kBlockN, zero past nj)
+  const float* vt = nullptr;   ///< V^T (dv x kBlockN, zero past nj)
+  float* dkt[2] = {};          ///< dK_c^T accumulators (d x kBlockN); V2: both the same
+  float* dvt = nullptr;        ///< dV^T accumulator (dv x kBlockN)
+  float* dq[2] = {};           ///< dQ_c accumulator rows (nr x dpad), row stride lddq
+  std::int64_t lddq = 0;
+  float* s[2] = {};            ///< scratch: S_c, then P_c, then dS_c (kBwdBlockM x kBlockN)
+  float* dp = nullptr;         ///< scratch: dPA, then W
+  float c = 0;                 ///< softmax scale * log2(e)
+  float scale = 0;             ///< softmax scale
+};
+
 /// Everything derived from the params once per call.
 struct Ctx {
   const Params* p = nullptr;
