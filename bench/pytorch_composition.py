@@ -30,6 +30,14 @@ only (causal, N = S: 12 d N (N + 1) / 2).
                     with a naive float64 computation of docs/SPEC.md's formula; exit 1 on a large
                     error
 
+    --backward      time the backward instead: autograd through the same compositions
+                    (torch.autograd.grad of out with respect to q, k, v, gamma and lambda, V2:
+                    q, k, v and the logits, with a random dout, the graph built once and kept),
+                    named pytorch_<form>_backward/...; throughput by docs/SPEC.md's backward
+                    count (20 N S d per diff head, V2 16: the products a fused backward needs;
+                    autograd through four SDPA calls computes 40); writes
+                    bench/results/pytorch_cpu_backward.json
+
 Each run is printed as one JSON line and all are written to --out as a JSON list. The script
 installs nothing: without torch (pip install torch) it says so, measures nothing and exits 0.
 
@@ -86,8 +94,38 @@ def visible_pairs(n, s, causal):
     return sum(min(s, max(0, i + s - n + 1)) for i in range(n))
 
 
-def flops(b, h, n, s, d, causal, v2=False):
-    return (8.0 if v2 else 12.0) * d * visible_pairs(n, s, causal) * b * h
+def flops(b, h, n, s, d, causal, v2=False, backward=False):
+    per = (16.0 if v2 else 20.0) if backward else (8.0 if v2 else 12.0)
+    return per * d * visible_pairs(n, s, causal) * b * h
+
+
+def make_backward(torch, fn, inputs, only_flash):
+    """The backward of fn as a closure: the graph built once (under SDPA's flash backend only,
+    when only_flash), then torch.autograd.grad of the output with a fixed random dout."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    for x in inputs:
+        x.requires_grad_(True)
+    if only_flash:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                out = fn()
+    else:
+        out = fn()
+    dout = torch.randn_like(out)
+    return lambda: torch.autograd.grad(out, inputs, dout, retain_graph=True)
+
+
+def probe_backward(torch, fn, inputs):
+    """As probe_backend, for the backward: ('flash' or 'math', the backward closure), warm."""
+    try:
+        g = make_backward(torch, fn, inputs, True)
+        g()
+        return "flash", g
+    except RuntimeError:
+        g = make_backward(torch, fn, inputs, False)
+        g()
+        return "math", g
 
 
 # ----------------------------------------------------------------------------- the composition
@@ -292,28 +330,47 @@ def bench(torch, a):
                     b = a.batch or (max(1, 32768 // n) if cuda else 1)
                     forms, err = {}, ""
                     try:
+                        grad_inputs = {}
                         if any(f != "v2_sdpa" for f in a.forms):
                             q, k, v, gamma = make_inputs(torch, b, n, n, h, d, dtypes[dt_name], a.device)
-                            forms = make_forms(torch, q, k, v, gamma, lam, lambda_init, causal)
+                            lam_t = torch.tensor(lam, device=a.device) if a.backward else lam
+                            if a.backward:  # before make_forms takes its views of them
+                                for x in (q, k, v, gamma, lam_t):
+                                    x.requires_grad_(True)
+                            forms = make_forms(torch, q, k, v, gamma, lam_t, lambda_init, causal)
+                            for f in ("four_sdpa", "two_sdpa"):
+                                grad_inputs[f] = [q, k, v, gamma, lam_t] if a.backward else []
                         if "v2_sdpa" in a.forms:  # equal model width: 2H output heads of d, Hkv = 2H
                             qv, kv, vv, zv = make_v2_inputs(torch, b, n, n, 2 * h, 2 * h, d, dtypes[dt_name], a.device)
+                            if a.backward:
+                                zv.requires_grad_(True)
                             forms["v2_sdpa"] = make_v2_form(torch, qv, kv, vv, zv, causal)
+                            grad_inputs["v2_sdpa"] = [qv, kv, vv, zv]
                     except RuntimeError as e:  # e.g. out of memory
                         forms, err = {}, str(e)[:200]
                     for form in a.forms:
                         v2 = form == "v2_sdpa"
                         hh = 2 * h if v2 else h
-                        fl = flops(b, hh, n, n, d, causal, v2)
-                        r = {"name": f"pytorch_{form}/{dt_name}/{mask}/d:{d}/N:{n}", "form": form,
+                        fl = flops(b, hh, n, n, d, causal, v2, a.backward)
+                        suffix = "_backward" if a.backward else ""
+                        r = {"name": f"pytorch_{form}{suffix}/{dt_name}/{mask}/d:{d}/N:{n}", "form": form,
+                             "pass": "backward" if a.backward else "forward",
                              "dtype": dt_name, "mask": mask, "d": d, "N": n, "S": n, "B": b, "H": hh,
                              "Hkv": hh}
                         try:
                             if form not in forms:
                                 raise RuntimeError(err)
                             fn = forms[form]
+                            if a.backward:
+                                if cuda:
+                                    backend, fn = "auto", make_backward(torch, fn, grad_inputs[form], False)
+                                else:
+                                    backend, fn = probe_backward(torch, fn, grad_inputs[form])  # warm
                             if cuda:
                                 backend = "auto"
                                 t, reps = time_cuda(torch, fn)
+                            elif a.backward:
+                                t, reps = time_cpu(fn, a.min_reps, a.max_reps, a.min_time)
                             else:
                                 backend = probe_backend(torch, fn)  # also the warm-up call
                                 t, reps = time_cpu(fn, a.min_reps, a.max_reps, a.min_time)
@@ -332,7 +389,7 @@ def bench(torch, a):
     out = a.out
     if out is None:
         out = (os.path.join(HERE, "results", "pytorch_composition_" + dev_name.replace(" ", "_") + ".json")
-               if cuda else os.path.join(HERE, "results", "pytorch_cpu.json"))
+               if cuda else os.path.join(HERE, "results", "pytorch_cpu_backward.json" if a.backward else "pytorch_cpu.json"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
@@ -406,6 +463,7 @@ def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--check", action="store_true", help="correctness self-check only, no timing")
+    ap.add_argument("--backward", action="store_true", help="time autograd's backward instead of the forward")
     ap.add_argument("--threads", type=int, default=2, help="CPU: torch.set_num_threads (default 2)")
     ap.add_argument("--dtypes", default=None, help="default: cpu f32,bf16; cuda bf16")
     ap.add_argument("--masks", default="none,causal")

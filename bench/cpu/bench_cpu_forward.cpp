@@ -14,6 +14,11 @@
 //   DIFFATTN_BENCH_THREADS  threads for cpu::forward, the peak and sgemm (default: all cores)
 //   DIFFATTN_BENCH_MAX_N    largest N for the tiled kernel (default 8192)
 //   DIFFATTN_BENCH_REF_MAX_N  largest N for the reference (default 2048: it materialises N x S)
+// The fused backward runs beside them, <backend>_backward/... and <backend>_backward_v2/...
+// (cpu::backward from cpu::forward's saved tensors, or reference::backward<float>), with
+// `flops` from diffattn::backward_flops (20 N S d per head, V2 16):
+//   DIFFATTN_BENCH_BWD_MAX_N      largest N for cpu::backward (default 4096)
+//   DIFFATTN_BENCH_REF_BWD_MAX_N  largest N for the reference backward (default 1024)
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
@@ -33,6 +38,7 @@
 
 #include <Eigen/Core>
 
+#include <diffattn/cpu/backward.hpp>
 #include <diffattn/cpu/forward.hpp>
 #include <diffattn/cpu/isa.hpp>
 #include <diffattn/diffattn.hpp>
@@ -115,6 +121,74 @@ void bm_forward(benchmark::State& state, bool cpu, std::int64_t N, std::int64_t 
     benchmark::ClobberMemory();
   }
   state.counters["flops"] = benchmark::Counter(da::forward_flops(pr.p), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = cpu ? opt.num_threads : 1;
+}
+
+/// A backward problem: BenchProblem's forward run once by cpu::forward to save what the
+/// backward reads, random dout, gradients in the official layout.
+template <class T>
+struct BenchBackward {
+  BenchProblem<T> fw;
+  std::vector<float> attn, o2, rstd, dlq1, dlk1, dlq2, dlk2, dgamma, dlogits;
+  std::vector<T> dout, dq, dk, dv;
+  da::BackwardParams bp;
+  BenchBackward(std::int64_t N, std::int64_t d, da::MaskKind mask, bool v2) : fw(N, d, mask, v2) {
+    da::Params& p = fw.p;
+    const std::int64_t B = 1, H = p.heads, G = p.kv_heads, S = p.seqlen_k, dvc = p.value_dim();
+    const std::size_t rows = static_cast<std::size_t>(B * H * N);
+    attn.assign(rows * dvc, 0.0f);
+    o2.assign(rows * dvc, 0.0f);
+    rstd.assign(rows, 0.0f);
+    p.extras.attn = attn.data();
+    p.extras.o2 = o2.data();
+    if (!v2) p.extras.rstd = rstd.data();
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    dout.resize(rows * dvc);
+    for (auto& x : dout) x = T(nd(rng));
+    const da::Status s = da::cpu::forward(p);
+    if (!s.ok()) std::fprintf(stderr, "bench backward: forward failed: %s\n", s.to_string().c_str());
+    bp.fwd = p;
+    bp.dout = da::bshd(dout.data(), N, H, dvc);
+    bp.saved = da::saved_from(p.extras);
+    dq.assign(B * N * 2 * H * d, T(0.0f));
+    dk.assign(B * S * (v2 ? 1 : 2) * G * d, T(0.0f));
+    dv.assign(B * S * G * dvc, T(0.0f));
+    bp.grad.dq1 = {dq.data(), N * 2 * H * d, 2 * H * d, 2 * d};
+    bp.grad.dq2 = {dq.data() + d, N * 2 * H * d, 2 * H * d, 2 * d};
+    if (v2) {
+      bp.grad.dk1 = da::bshd(dk.data(), S, G, d);
+      bp.grad.dv_lo = da::bshd(dv.data(), S, G, d);
+      dlogits.assign(rows, 0.0f);
+      bp.grad.dlogits = {dlogits.data(), N * H, H, 1};
+    } else {
+      bp.grad.dk1 = {dk.data(), S * 2 * G * d, 2 * G * d, 2 * d};
+      bp.grad.dk2 = {dk.data() + d, S * 2 * G * d, 2 * G * d, 2 * d};
+      bp.set_dv(da::bshd(dv.data(), S, G, 2 * d));
+      for (auto* t : {&dlq1, &dlk1, &dlq2, &dlk2}) t->assign(d, 0.0f);
+      dgamma.assign(2 * d, 0.0f);
+      bp.grad.dlq1 = dlq1.data(); bp.grad.dlk1 = dlk1.data();
+      bp.grad.dlq2 = dlq2.data(); bp.grad.dlk2 = dlk2.data();
+      bp.grad.dgamma = dgamma.data();
+    }
+  }
+};
+
+template <class T>
+void bm_backward(benchmark::State& state, bool cpu, std::int64_t N, std::int64_t d, da::MaskKind mask, bool v2) {
+  BenchBackward<T> pr(N, d, mask, v2);
+  da::cpu::Options opt;
+  opt.num_threads = bench_threads();
+  for (auto _ : state) {
+    const da::Status s = cpu ? da::cpu::backward(pr.bp, opt) : da::reference::backward<float>(pr.bp);
+    if (!s.ok()) {
+      state.SkipWithError(s.to_string().c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(pr.dq.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["flops"] = benchmark::Counter(da::backward_flops(pr.bp.fwd), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = cpu ? opt.num_threads : 1;
 }
 
@@ -268,6 +342,19 @@ void register_dtype(const char* dname) {
             const std::string name = std::string(cpu ? "cpu" : "reference") + (v2 ? "_forward_v2/" : "_forward/") +
                                      dname + "/" + mask_name(m) + "/d:" + std::to_string(d) + "/N:" + std::to_string(N);
             benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_forward<T>(s, cpu, N, d, m, v2); })
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+          }
+  const long bwd_max_n = env_long("DIFFATTN_BENCH_BWD_MAX_N", 4096), ref_bwd_max_n = env_long("DIFFATTN_BENCH_REF_BWD_MAX_N", 1024);
+  for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal})
+    for (std::int64_t d : {64, 128})
+      for (std::int64_t N = 512; N <= bwd_max_n; N *= 2)
+        for (bool v2 : {false, true})
+          for (bool cpu : {false, true}) {
+            if (!cpu && N > ref_bwd_max_n) continue;
+            const std::string name = std::string(cpu ? "cpu" : "reference") + (v2 ? "_backward_v2/" : "_backward/") +
+                                     dname + "/" + mask_name(m) + "/d:" + std::to_string(d) + "/N:" + std::to_string(N);
+            benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bm_backward<T>(s, cpu, N, d, m, v2); })
                 ->Unit(benchmark::kMillisecond)
                 ->UseRealTime();
           }
