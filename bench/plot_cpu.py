@@ -6,6 +6,9 @@
                               [--peer FILE]   (merge the PyTorch peer's JSON, bench/pytorch_composition.py)
                               [--run-peer [--python PY] [--peer-args "..."]]   (run the peer first)
 
+With --backward, the same for the backward runs: <out>/cpu_backward.{json,md}, plots
+cpu_backward_d<d>_<mask>.png, the peer run with --backward into <out>/pytorch_cpu_backward.json.
+
 Writes <out>/cpu_forward.json (Google Benchmark's JSON), <out>/cpu_forward.md (a markdown
 table, the reference beside the tiled kernel, with the machine's FMA peak and Eigen sgemm) and
 <out>/cpu_forward_d<d>_<mask>.png (one plot per head dim and mask).
@@ -27,8 +30,10 @@ import shlex
 import subprocess
 import sys
 
-NAME = re.compile(r"^(cpu|reference)_forward(_v2)?/(\w+)/(\w+)/d:(\d+)/N:(\d+)")
-PEER_NAME = re.compile(r"^pytorch_(four_sdpa|two_sdpa|v2_sdpa)/(\w+)/(\w+)/d:(\d+)/N:(\d+)")
+NAME = re.compile(r"^(cpu|reference)_(forward|backward)(_v2)?/(\w+)/(\w+)/d:(\d+)/N:(\d+)")
+PEER_NAME = re.compile(r"^pytorch_(four_sdpa|two_sdpa|v2_sdpa)(_backward)?/(\w+)/(\w+)/d:(\d+)/N:(\d+)")
+# --backward: the backward runs (cpu::backward, reference::backward<float>, autograd in the peer)
+PASS = "forward"
 PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytorch_composition.py")
 PEERS = ("pytorch four_sdpa", "pytorch two_sdpa")
 BACKENDS_V2 = ("reference v2", "cpu v2", "pytorch v2_sdpa")
@@ -52,15 +57,16 @@ def load(path):
             peaks[name.split("/real_time")[0]] = g
             continue
         m = NAME.match(name)
-        if m:
-            backend, v2, dtype, mask, d, n = m.groups()
+        if m and m.group(2) == PASS:
+            backend, _, v2, dtype, mask, d, n = m.groups()
             rows[(backend + (" v2" if v2 else ""), dtype, mask, int(d), int(n))] = g
     return data.get("context", {}), rows, peaks
 
 
 def run_peer(python, out_json, extra):
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cmd = [python, PEER_SCRIPT, "--device", "cpu", "--threads", str(threads), "--out", out_json] + extra
+    cmd = [python, PEER_SCRIPT, "--device", "cpu", "--threads", str(threads), "--out", out_json]
+    cmd += (["--backward"] if PASS == "backward" else []) + extra
     print(" ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
     if os.path.exists(out_json):
         os.remove(out_json)  # so that a skipped run (no torch) leaves no stale figures behind
@@ -75,9 +81,9 @@ def load_peer(path):
     rows, ctx = {}, {}
     for r in data:
         m = PEER_NAME.match(r.get("name", ""))
-        if not m or "gflops" not in r or r.get("device", "cpu") != "cpu":
+        if not m or "gflops" not in r or r.get("device", "cpu") != "cpu" or bool(m.group(2)) != (PASS == "backward"):
             continue
-        form, dtype, mask, d, n = m.groups()
+        form, _, dtype, mask, d, n = m.groups()
         rows[("pytorch " + form, dtype, mask, int(d), int(n))] = r["gflops"]
         if not ctx:
             ctx = {k: r.get(k) for k in ("device_name", "torch", "threads", "cpu_capability", "host", "num_cpus",
@@ -90,14 +96,20 @@ def table(ctx, rows, peaks, peer_ctx=None):
     lines = []
     threads = ctx.get("num_cpus", "?")
     lines.append(f"Machine: {ctx.get('cpu_model', '?')} ({ctx.get('mhz_per_cpu', '?')} MHz), {threads} CPUs, "
-                 f"{ctx.get('date', '?')[:10]}; cpu::forward path {ctx.get('cpu_isa', '?')} "
+                 f"{ctx.get('date', '?')[:10]}; cpu::{PASS} path {ctx.get('cpu_isa', '?')} "
                  f"(best here: {ctx.get('cpu_isa_best', '?')}); "
                  + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
                  + f" (FMA loop: {ctx.get('fma_peak_isa', '?')}, {ctx.get('bench_threads', threads)} threads)")
     lines.append("")
-    lines.append("GFLOP/s (B = 1, H = 8, N = S; reference = reference::forward<float>, 1 thread; "
-                 "cpu = cpu::forward, all threads; the v2 rows: DIFF V2 at the same model width, 16 "
-                 "output heads of d, counted 8 N S d per head)")
+    if PASS == "backward":
+        lines.append("GFLOP/s by the backward count (20 N S d per head, V2 16; B = 1, H = 8, N = S; reference = "
+                     "reference::backward<float>, 1 thread; cpu = cpu::backward from cpu::forward's saved tensors, "
+                     "all threads; the peer: torch.autograd.grad through the composition, counted the same; the v2 "
+                     "rows: DIFF V2 at the same model width, 16 output heads of d)")
+    else:
+        lines.append("GFLOP/s (B = 1, H = 8, N = S; reference = reference::forward<float>, 1 thread; "
+                     "cpu = cpu::forward, all threads; the v2 rows: DIFF V2 at the same model width, 16 "
+                     "output heads of d, counted 8 N S d per head)")
     if peer_ctx:
         backends = "; ".join(f"{form}: SDPA {'/'.join(sorted(str(b) for b in bs))} backend"
                              for form, bs in sorted(peer_ctx.get("backends", {}).items()))
@@ -166,10 +178,10 @@ def plot(rows, peaks, out_dir):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("N = S")
             ax.set_ylabel("GFLOP/s")
-            ax.set_title(f"diffattn CPU forward, B=1 H=8 d={d} dv={2 * d}, mask {mask}")
+            ax.set_title(f"diffattn CPU {PASS}, B=1 H=8 d={d} dv={2 * d}, mask {mask}")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
-            path = os.path.join(out_dir, f"cpu_forward_d{d}_{mask}.png")
+            path = os.path.join(out_dir, f"cpu_{PASS}_d{d}_{mask}.png")
             fig.tight_layout()
             fig.savefig(path, dpi=110)
             plt.close(fig)
@@ -189,15 +201,22 @@ def main():
     ap.add_argument("--python", default=sys.executable,
                     help="the Python (with torch) that runs the peer; default this one")
     ap.add_argument("--peer-args", default="", help="more options for the peer, one string")
+    ap.add_argument("--backward", action="store_true",
+                    help="the backward runs instead: cpu_backward.{json,md}, the peer with --backward "
+                         "(default <out>/pytorch_cpu_backward.json)")
     ap.add_argument("extra", nargs="*", help="more Google Benchmark flags (after --)")
     a = ap.parse_args()
+    global PASS
+    PASS = "backward" if a.backward else "forward"
     os.makedirs(a.out, exist_ok=True)
-    js = a.json or os.path.join(a.out, "cpu_forward.json")
+    js = a.json or os.path.join(a.out, f"cpu_{PASS}.json")
     if not a.json:
-        run(a.bench, js, a.extra)
+        flt = "--benchmark_filter=^peak/|_backward" if a.backward else "--benchmark_filter=^(peak|tile)/|_forward"
+        run(a.bench, js, [flt] + a.extra)
     ctx, rows, peaks = load(js)
     peer_ctx = None
-    peer = a.peer or (os.path.join(a.out, "pytorch_cpu.json") if a.run_peer else None)
+    peer = a.peer or (os.path.join(a.out, "pytorch_cpu_backward.json" if a.backward else "pytorch_cpu.json")
+                      if a.run_peer else None)
     if a.run_peer and not run_peer(a.python, peer, shlex.split(a.peer_args)):
         print(f"plot_cpu: the peer measured nothing (no torch for {a.python}?); no peer rows",
               file=sys.stderr)
@@ -206,7 +225,7 @@ def main():
         peer_rows, peer_ctx = load_peer(peer)
         rows.update(peer_rows)
     md = table(ctx, rows, peaks, peer_ctx)
-    with open(os.path.join(a.out, "cpu_forward.md"), "w") as f:
+    with open(os.path.join(a.out, f"cpu_{PASS}.md"), "w") as f:
         f.write(md)
     print(md)
     for p in plot(rows, peaks, a.out):

@@ -262,6 +262,20 @@ TEST_CASE("cpu backward: bad input is rejected with a named error and nothing is
   expect_rejected("saved lse NaN", [](da::BackwardParams&, Problem<float>& pc) { pc.lse2[3] = NAN; }, "saved.lse2");
   expect_rejected("saved attn overlapping a gradient",
                   [](da::BackwardParams& bp, Problem<float>& pc) { bp.saved.attn = pc.dlq1.data(); }, "overlaps");
+  expect_rejected("saved by a forward with another mask",
+                  [](da::BackwardParams& bp, Problem<float>& pc) {
+                    da::Params other = pc.params();
+                    other.mask.kind = da::MaskKind::causal;
+                    REQUIRE(da::reference::forward<float>(other).ok());
+                    (void)bp;
+                  }, "does not match these params");
+  expect_rejected("saved by a forward with another lambda_init",
+                  [](da::BackwardParams& bp, Problem<float>& pc) {
+                    da::Params other = pc.params();
+                    other.lambda.lambda_init = 0.7;
+                    REQUIRE(da::reference::forward<float>(other).ok());
+                    (void)bp;
+                  }, "saved.attn does not match");
   expect_rejected("dout null", [](da::BackwardParams& bp, Problem<float>&) { bp.dout.ptr = nullptr; }, "dout");
   expect_rejected("dk2 null", [](da::BackwardParams& bp, Problem<float>&) { bp.grad.dk2.ptr = nullptr; }, "grad.dk2");
 }

@@ -430,6 +430,92 @@ void run_backward(const BackwardParams& bp, const BwdPlan& pl, const Kernels& ke
   }
 }
 
+/// A spot check that the saved tensors come from a forward of these params: LSE_1, LSE_2 and A
+/// of two rows (the last row of the first head, the first row of the last head) recomputed in
+/// double from the inputs, O(S d) work. It catches saved tensors of another call, layer, mask or
+/// scale (off by far more than rounding), not a corruption of some other row. Tolerances: 1e-2
+/// + 1e-3 |LSE| on the LSEs; on A, 2e-2 (1 + |lambda|) max |V| of the row's group (every kernel's
+/// A is within 1e-2 of that scale, bfloat16 on AMX tiles included).
+template <class Elem>
+Status check_saved_rows(const BackwardParams& bp) {
+  const Params& p = bp.fwd;
+  const SavedTensors& sv = bp.saved;
+  const std::int64_t N = p.seqlen_q, H = p.heads, d = p.head_dim, dv = p.value_dim();
+  const RowMask mask = make_row_mask(p);
+  const std::int64_t picks[2][3] = {{0, 0, N - 1}, {p.batch - 1, H - 1, 0}};
+  auto at = [](const ConstTensorRef& t, std::int64_t b, std::int64_t j, std::int64_t h) {
+    return static_cast<const Elem*>(t.ptr) + b * t.stride_b + j * t.stride_t + h * t.stride_h;
+  };
+  for (const auto& pk : picks) {
+    const std::int64_t b = pk[0], h = pk[1], i = pk[2], g = p.kv_group(h);
+    const std::int64_t row = (b * H + h) * N + i;
+    const std::int64_t j0 = mask.key_begin(i), j1 = mask.key_end(i);
+    double lse[2];
+    std::vector<double> o[2] = {std::vector<double>(static_cast<std::size_t>(dv), 0.0),
+                                std::vector<double>(static_cast<std::size_t>(dv), 0.0)};
+    double vmax = 0;
+    for (int c = 0; c < 2; ++c) {
+      const Elem* q = at(c == 0 ? p.q1 : p.q2, b, i, h);
+      const ConstTensorRef& kt = c == 0 ? p.k1 : p.key2();
+      std::vector<double> sc;
+      double mx = -std::numeric_limits<double>::infinity();
+      for (std::int64_t j = j0; j < j1; ++j) {
+        const Elem* k = at(kt, b, j, g);
+        double acc = 0;
+        for (std::int64_t x = 0; x < d; ++x) acc += static_cast<double>(elem_to_float(q[x])) * elem_to_float(k[x]);
+        sc.push_back(acc * p.scale());
+        mx = std::max(mx, sc.back());
+      }
+      double sum = 0;
+      for (double x : sc) sum += std::exp(x - mx);
+      lse[c] = sc.empty() ? -std::numeric_limits<double>::infinity() : mx + std::log(sum);
+      for (std::int64_t j = j0; j < j1; ++j) {
+        const double w = std::exp(sc[static_cast<std::size_t>(j - j0)] - lse[c]);
+        for (int hv = 0; hv < (p.is_v2() ? 1 : 2); ++hv) {
+          const Elem* v = at(hv == 0 ? p.v_lo : p.v_hi, b, j, g);
+          for (std::int64_t x = 0; x < d; ++x) {
+            const double vx = elem_to_float(v[x]);
+            o[c][static_cast<std::size_t>(hv * d + x)] += w * vx;
+            vmax = std::max(vmax, std::fabs(vx));
+          }
+        }
+      }
+    }
+    double lam;
+    if (p.is_v2()) {
+      const float z = static_cast<const float*>(p.lambda.logits.ptr)[b * p.lambda.logits.stride_b +
+                                                                    i * p.lambda.logits.stride_t + h * p.lambda.logits.stride_h];
+      lam = 1.0 / (1.0 + std::exp(-static_cast<double>(z)));
+    } else {
+      const std::int64_t off = p.lambda.per_head ? h * d : 0;
+      lam = lambda_terms<double>(static_cast<const float*>(p.lambda.lq1) + off, static_cast<const float*>(p.lambda.lk1) + off,
+                                 static_cast<const float*>(p.lambda.lq2) + off, static_cast<const float*>(p.lambda.lk2) + off, d)
+                .value(p.lambda.lambda_init);
+    }
+    const std::string where = " (b = " + std::to_string(b) + ", head " + std::to_string(h) + ", row " + std::to_string(i) + ")";
+    const char* ln[2] = {"saved.lse1", "saved.lse2"};
+    const void* lp[2] = {sv.lse1, sv.lse2};
+    for (int c = 0; c < 2; ++c) {
+      const double got = static_cast<const float*>(lp[c])[row];
+      const bool both_masked = std::isinf(lse[c]) && got == lse[c];
+      if (!both_masked && !(std::fabs(got - lse[c]) <= 1e-2 + 1e-3 * std::fabs(lse[c])))
+        return Status::Invalid(std::string(ln[c]) + " does not match these params" + where + ": saved " + std::to_string(got) +
+                               ", recomputed " + std::to_string(lse[c]) +
+                               " (saved by a forward with other inputs, mask or scale?)");
+    }
+    const float* a = static_cast<const float*>(sv.attn) + row * dv;
+    const double tol = 2e-2 * (1.0 + std::fabs(lam)) * std::max(vmax, 1e-30);
+    for (std::int64_t x = 0; x < dv; ++x) {
+      const double want = o[0][static_cast<std::size_t>(x)] - lam * o[1][static_cast<std::size_t>(x)];
+      if (!(std::fabs(a[x] - want) <= tol))
+        return Status::Invalid("saved.attn does not match these params" + where + ", channel " + std::to_string(x) +
+                               ": saved " + std::to_string(a[x]) + ", recomputed " + std::to_string(want) +
+                               " (saved by a forward with other inputs, lambda or mask?)");
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace detail
 
 /// Bytes of workspace cpu::backward needs for these params and options (pass at least this
@@ -439,8 +525,9 @@ inline std::size_t backward_workspace_bytes(const BackwardParams& bp, const Opti
 }
 
 /// The fused CPU backward. Validates first (validate(bp, cpu::backward_caps()): the saved
-/// tensors lse1, lse2, attn, o2, and rstd / mean where the norm has them, are required); on
-/// error returns that status and writes nothing. Also rejects num_threads < 0, a caller scratch
+/// tensors lse1, lse2, attn, o2, and rstd / mean where the norm has them, are required; then
+/// detail::check_saved_rows recomputes two rows' LSEs and A to catch saved tensors of another
+/// call); on error returns that status and writes nothing. Also rejects num_threads < 0, a caller scratch
 /// smaller than backward_workspace_bytes(bp, o), and an ISA path this CPU cannot run. Writes
 /// every gradient of bp.grad (overwritten, never accumulated into).
 inline Status backward(const BackwardParams& bp, const Options& o = {}) {
@@ -451,6 +538,12 @@ inline Status backward(const BackwardParams& bp, const Options& o = {}) {
   Isa isa = Isa::none;
   const Status si = select_isa(o.isa, &isa);
   if (!si.ok()) return si;
+  switch (bp.fwd.dtype) {
+    case DType::f16: s = detail::check_saved_rows<half>(bp); break;
+    case DType::bf16: s = detail::check_saved_rows<bfloat16>(bp); break;
+    default: s = detail::check_saved_rows<float>(bp); break;
+  }
+  if (!s.ok()) return s;
   const detail::Kernels& kern = *detail::kernels(isa);
   const detail::BwdPlan pl = detail::make_bwd_plan(bp.fwd, o);
   if (o.scratch != nullptr && o.scratch_bytes < pl.total)
