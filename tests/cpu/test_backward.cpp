@@ -22,61 +22,11 @@
 
 #include <diffattn/cpu/backward.hpp>
 
-#include "support/naive_lowp.hpp"  // widen(), and Problem
+#include "support/backward_check.hpp"  // grads(), check_grads(), widen(), Problem
 
 using namespace dt;
 
 namespace {
-
-template <class Elem> constexpr double bwd_unit_roundoff() { return 0; }
-template <> constexpr double bwd_unit_roundoff<da::half>() { return 0x1p-11; }
-template <> constexpr double bwd_unit_roundoff<da::bfloat16>() { return 0x1p-8; }
-
-double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
-double max_abs_of(const std::vector<double>& a) {
-  double m = 0;
-  for (double x : a) m = std::max(m, std::fabs(x));
-  return m;
-}
-// `signal`: the largest element of dq, dk and dv, the floor's scale for a gradient that is zero
-// in exact arithmetic (S = 1: D_i = dP_i1, so dS = 0 and dq = dk = 0, which the kernel computes
-// as a difference of two equal fp32 terms and the naive loops happen to get exactly)
-void check_grad(const std::vector<double>& got, const std::vector<double>& naive, const std::vector<double>& want,
-                double rtol, double signal, const char* what) {
-  const double atol = 2 * max_abs_diff(naive, want) + 1e-5 * std::max(max_abs_of(want), signal);
-  check_close(got, want, atol, rtol, what);
-}
-
-template <class T>
-bool bits_equal(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
-
-// the gradients of a problem, widened, in a fixed order (dlogits for V2; the side ones for V1)
-template <class Elem>
-std::vector<std::pair<const char*, std::vector<double>>> grads(const Problem<Elem>& p) {
-  std::vector<std::pair<const char*, std::vector<double>>> g;
-  g.push_back({"dq", to_double(p.dq)});
-  if (p.split) g.push_back({"dq2", to_double(p.dq2buf)});
-  g.push_back({"dk", to_double(p.dk)});
-  if (p.split && !p.sh.v2) g.push_back({"dk2", to_double(p.dk2buf)});
-  g.push_back({"dv", to_double(p.dv)});
-  if (p.sh.v2) {
-    g.push_back({"dlogits", to_double(p.dlogits)});
-  } else {
-    g.push_back({"dlq1", to_double(p.dlq1)});
-    g.push_back({"dlk1", to_double(p.dlk1)});
-    g.push_back({"dlq2", to_double(p.dlq2)});
-    g.push_back({"dlk2", to_double(p.dlk2)});
-    if (p.sh.norm != da::NormKind::none && p.sh.gamma) g.push_back({"dgamma", to_double(p.dgamma)});
-    if (p.sh.norm == da::NormKind::group && p.sh.beta) g.push_back({"dbeta", to_double(p.dbeta)});
-  }
-  return g;
-}
 
 // Runs the forward that saves (reference<float>, or cpu::forward) and cpu::backward on `pc`.
 template <class Elem>
@@ -109,21 +59,14 @@ void run_bwd(const Shape& s, std::uint64_t seed, bool split = false, bool cpu_fo
   }
   const auto gref = grads(ref), gnaive = grads(naive);
   const double u = bwd_unit_roundoff<Elem>();
-  double signal = 0;
-  for (std::size_t k = 0; k < gref.size(); ++k)
-    if (!std::strncmp(gref[k].first, "dq", 2) || !std::strncmp(gref[k].first, "dk", 2) || !std::strcmp(gref[k].first, "dv"))
-      signal = std::max(signal, max_abs_of(gref[k].second));
-  std::vector<std::pair<const char*, std::vector<double>>> first;
+  Grads first;
   for (int threads : {1, 2, 3}) {
     INFO("threads " << threads);
     Problem<Elem> pc(s, seed, split);
     const da::Status st = run_cpu_backward(pc, threads, cpu_forward);
     REQUIRE_MESSAGE(st.ok(), st.to_string());
     const auto got = grads(pc);
-    for (std::size_t k = 0; k < got.size(); ++k) {
-      const bool side = std::strcmp(got[k].first, "dv") && std::strncmp(got[k].first, "dq", 2) && std::strncmp(got[k].first, "dk", 2);
-      check_grad(got[k].second, gnaive[k].second, gref[k].second, side ? 0 : u, signal, got[k].first);
-    }
+    check_grads(got, gnaive, gref, u);
     // bitwise reproducible for a fixed thread count
     Problem<Elem> again(s, seed, split);
     REQUIRE(run_cpu_backward(again, threads, cpu_forward).ok());

@@ -122,6 +122,7 @@ Problem<double> widen(const Problem<Elem>& src) {
   w.q = to_double(src.q); w.q2buf = to_double(src.q2buf);
   w.k = to_double(src.k); w.k2buf = to_double(src.k2buf);
   w.v = to_double(src.v);
+  w.dout = to_double(src.dout);  // the backward's incoming gradient too
   auto f2d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
   w.lq1 = f2d(src.lq1); w.lk1 = f2d(src.lk1); w.lq2 = f2d(src.lq2); w.lk2 = f2d(src.lk2);
   w.gamma = f2d(src.gamma); w.beta = f2d(src.beta); w.logits = f2d(src.logits);

@@ -11,6 +11,9 @@
 #include "diffattn/core/params.hpp"
 #include "diffattn/core/status.hpp"
 #include "diffattn/core/validate.hpp"
+#include <vector>
+
+#include "diffattn/cuda/backward_kernel.hpp"
 #include "diffattn/cuda/dispatch.hpp"
 #include "diffattn/cuda/forward_kernel.hpp"
 #include "diffattn/simt/emu/runtime.hpp"
@@ -45,6 +48,42 @@ Status emulated_run_forward(const Params& p, simt::emu::LaunchConfig cfg) {
 inline Status emulated_forward(const Params& p, simt::emu::LaunchConfig cfg = {}) {
   return validate_and_dispatch(p, emulated_caps(), [&](auto traits) {
     return emulated_run_forward<decltype(traits)>(p, cfg);
+  });
+}
+
+/// The CUDA backward's caps under the emulator (host-readable side vectors and saved tensors).
+inline BackendCaps emulated_backward_caps() {
+  BackendCaps c = backward_caps();
+  c.name = "cuda (emulated)";
+  c.host_readable = true;
+  return c;
+}
+
+/// The SM count the emulated backward plans for (the deterministic option's split count).
+constexpr int kEmulatedSmCount = 4;
+
+/// The CUDA backward on host memory under the emulator: validates (nothing is written on error),
+/// dispatches, and runs the four kernels of cuda/backward_kernel.hpp on a host workspace.
+/// `cfg`: emulator options; grid, block and shared sizes are set here per kernel.
+inline Status emulated_backward(const BackwardParams& bp, simt::emu::LaunchConfig cfg = {}) {
+  Status s = validate(bp, emulated_backward_caps());
+  if (!s.ok()) return s;
+  if (!(s = check_backward_support(bp)).ok()) return s;
+  return dispatch_backward(bp.fwd.dtype, bp.fwd.head_dim, bp.fwd.variant, [&](auto traits) {
+    using Tr = decltype(traits);
+    const BackwardPlan pl = make_backward_plan<Tr>(bp.fwd, bp.deterministic, kEmulatedSmCount);
+    std::vector<unsigned char> ws(pl.bytes + 256);
+    void* base = ws.data() + (256 - reinterpret_cast<std::uintptr_t>(ws.data()) % 256) % 256;
+    return run_backward_steps<Tr>(bp, pl, base, [&](simt::dim3 grid, simt::dim3 block, std::size_t smem, auto kernel,
+                                                    const BackwardArgs& a) {
+      simt::emu::LaunchConfig c = cfg;
+      c.grid = grid;
+      c.block = block;
+      c.smem_bytes = smem;
+      const simt::emu::LaunchResult r = simt::emu::try_launch(c, kernel, a);
+      if (!r.ok()) return Status::Internal("cuda backward under the emulator: " + r.error.message);
+      return Status::Ok();
+    });
   });
 }
 

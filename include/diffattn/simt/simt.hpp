@@ -1,6 +1,7 @@
 // diffattn/simt/simt.hpp: everything CUDA kernels are written with (see simt/README.md).
 #pragma once
 
+#include "diffattn/simt/atomic.hpp"
 #include "diffattn/simt/config.hpp"
 #include "diffattn/simt/cp_async.hpp"
 #include "diffattn/simt/launch.hpp"
