@@ -211,6 +211,7 @@ need_file() {
 # ---- the parts -------------------------------------------------------------------------------
 ctest_dir="$build"
 test_exe="$build/tests/cuda/test_cuda_forward_gpu"
+bwd_test_exe="$build/tests/cuda/test_cuda_backward_gpu"
 probe_gpu="$build/tests/simt/simt_probe_layouts_gpu"
 probe_host="$build/tests/simt/simt_probe_layouts_host"
 probe_test="$build/tests/simt/simt_test_probe"
@@ -246,7 +247,7 @@ part_build() {
     note "DIFFATTN_CUDA_TUNING is not an option of this checkout (CMake ignored it): the benchmark has the shipped configurations only"
   fi
   # the GPU suite first: its one translation unit (every configuration) is the longest
-  step compile 560 cmake --build "$build" -j "$jobs" --target test_cuda_forward_gpu bench_cuda_forward \
+  step compile 560 cmake --build "$build" -j "$jobs" --target test_cuda_forward_gpu test_cuda_backward_gpu bench_cuda_forward \
     simt_probe_layouts_gpu simt_probe_layouts_host simt_test_probe
 }
 
@@ -262,21 +263,25 @@ part_test() {
 
 part_sanitize() {
   need_file "$test_exe" || return 1
+  need_file "$bwd_test_exe" || return 1
   if [ -z "$sanitizer" ]; then note "compute-sanitizer not found (it ships with the CUDA toolkit)"; return $SKIP; fi
-  local tool rc=0 log
+  local tool rc=0 log exe name
   local -a extra
-  for tool in memcheck racecheck synccheck initcheck; do
-    extra=()
-    [ "$tool" = memcheck ] && extra=(--leak-check full)
-    log="$logs/sanitize-$tool.log"
-    echo "=== output of $tool in $log"
-    if ! step "$tool" 170 "$sanitizer" --tool "$tool" "${extra[@]}" --error-exitcode 86 --print-limit 30 \
-         "$test_exe" '-tc=*small cases*' >"$log" 2>&1; then
-      rc=1; tail -n 25 "$log"
-    elif ! grep -Eq 'test cases: *[1-9][0-9]* *\| *[1-9][0-9]* passed' "$log"; then
-      note "$tool: no test case ran (the filter '*small cases*' matched nothing)"; rc=1
-    fi
-    grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases:' "$log" || true
+  for exe in "$test_exe" "$bwd_test_exe"; do
+    name="$(basename "$exe")"
+    for tool in memcheck racecheck synccheck initcheck; do
+      extra=()
+      [ "$tool" = memcheck ] && extra=(--leak-check full)
+      log="$logs/sanitize-$name-$tool.log"
+      echo "=== output of $tool on $name in $log"
+      if ! step "$name-$tool" 170 "$sanitizer" --tool "$tool" "${extra[@]}" --error-exitcode 86 --print-limit 30 \
+           "$exe" '-tc=*small cases*' >"$log" 2>&1; then
+        rc=1; tail -n 25 "$log"
+      elif ! grep -Eq 'test cases: *[1-9][0-9]* *\| *[1-9][0-9]* passed' "$log"; then
+        note "$tool on $name: no test case ran (the filter '*small cases*' matched nothing)"; rc=1
+      fi
+      grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases:' "$log" || true
+    done
   done
   return "$rc"
 }

@@ -6,7 +6,7 @@
         exit 1 when bench_cuda_forward's JSON has no run, or a run that reported an error
 
 Reads what the parts left in OUT_DIR: env.json, parts.tsv and steps.tsv (part, status, seconds),
-logs/test.log (the GPU suite's error lines), logs/sanitize-<tool>.log, the probe's dumps,
+logs/test.log (the GPU suite's error lines), logs/sanitize-<test>-<tool>.log, the probe's dumps,
 bench_cuda_forward.json (Google Benchmark) and pytorch_cuda.json (bench/pytorch_composition.py).
 Anything missing is reported as not run; this script never fails on a partial folder.
 """
@@ -240,15 +240,16 @@ def summary(out):
         md.append("GPU suite: no per-configuration lines in logs/test.log (part test not run, or it failed early).")
     md.append("")
     san = []
-    for tool in ("memcheck", "racecheck", "synccheck", "initcheck"):
-        text = read(os.path.join(out, "logs", f"sanitize-{tool}.log"))
-        if text is None:
-            continue
-        found = [m.strip() for m in SANITIZER_LINE.findall(text)]
-        found = [re.sub(r"^\[doctest\] ", "", f) for f in found]
-        san.append(f"- {tool}: " + ("; ".join(dict.fromkeys(found)) if found else "no summary line (see its log)"))
+    for exe in ("test_cuda_forward_gpu", "test_cuda_backward_gpu"):
+        for tool in ("memcheck", "racecheck", "synccheck", "initcheck"):
+            text = read(os.path.join(out, "logs", f"sanitize-{exe}-{tool}.log"))
+            if text is None:
+                continue
+            found = [m.strip() for m in SANITIZER_LINE.findall(text)]
+            found = [re.sub(r"^\[doctest\] ", "", f) for f in found]
+            san.append(f"- {exe}, {tool}: " + ("; ".join(dict.fromkeys(found)) if found else "no summary line (see its log)"))
     if san:
-        md.append("compute-sanitizer on the small cases (`test_cuda_forward_gpu -tc='*small cases*'`):")
+        md.append("compute-sanitizer on the small cases (`test_cuda_forward_gpu` and `test_cuda_backward_gpu`, `-tc='*small cases*'`):")
         md.append("")
         md.extend(san)
     else:

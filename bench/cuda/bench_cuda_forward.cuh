@@ -10,6 +10,11 @@
 // Run names: cuda_forward/<dtype>/<mask>/d:<d>/N:<N>; counter `flops` (FLOP/s). DIFF V2 at the
 // same model width: cuda_forward_v2/..., 2H output heads of d (4H query heads, 2H KV heads),
 // counted 8 N S d per head.
+//
+// The backward (head dims <= 64, cuda/backward_kernel.hpp) on the same problems:
+// cuda_backward[_v2]/<dtype>/<mask>/d:<d>/N:<N> (dQ by atomics) and cuda_backward_det[_v2]/...
+// (the deterministic option), counted by docs/SPEC.md's backward count (20 N S d per head, V2
+// 16), timed over the four kernels of one call, from the saved tensors of one forward.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -20,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include <diffattn/cuda/backward.cuh>
 #include <diffattn/cuda/dispatch.hpp>
 #include <diffattn/cuda/forward.cuh>
 #include <diffattn/diffattn.hpp>
@@ -59,8 +65,28 @@ void fill_device(void* dev, std::size_t n, std::uint64_t seed, float scale) {
   cudaMemcpy(dev, h.data(), n * sizeof(Elem), cudaMemcpyHostToDevice);
 }
 
+/// Times `launch()` with CUDA events, one call per iteration.
+template <class Launch>
+void time_launches(benchmark::State& state, Launch&& launch) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  for (auto _ : state) {
+    cudaEventRecord(e0);
+    launch();
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    state.SetIterationTime(ms * 1e-3);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+}
+
+/// The forward's run (or, with `backward`, the backward's, after one forward that saves).
 template <class Traits>
-void bm_forward(benchmark::State& state, da::MaskKind mask) {
+void bm_forward(benchmark::State& state, da::MaskKind mask, int backward = 0) {
   using Elem = typename Traits::Elem;
   const int d = Traits::kHeadDim;
   if (!have_gpu()) {
@@ -91,29 +117,68 @@ void bm_forward(benchmark::State& state, da::MaskKind mask) {
   }
   p.mask.kind = mask;
   if (mask == da::MaskKind::window) p.mask = {mask, 256, 0};
-  // validated once (forward_config), then timed launches of this configuration alone
-  const da::Status s = da::cuda::forward_config<Traits>(p, nullptr);  // warm-up
-  if (!s.ok()) {
-    state.SkipWithError(s.to_string().c_str());
-  } else {
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    for (auto _ : state) {
-      cudaEventRecord(e0);
-      (void)da::cuda::detail::launch_forward<Traits>(p, nullptr);
-      cudaEventRecord(e1);
-      cudaEventSynchronize(e1);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, e0, e1);
-      state.SetIterationTime(ms * 1e-3);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const std::string label = std::string(prop.name) + " B=" + std::to_string(B) + " H=" + std::to_string(Traits::kV2 ? H2 : H);
+  if (!backward) {
+    // validated once (forward_config), then timed launches of this configuration alone
+    const da::Status s = da::cuda::forward_config<Traits>(p, nullptr);  // warm-up
+    if (!s.ok()) {
+      state.SkipWithError(s.to_string().c_str());
+    } else {
+      time_launches(state, [&] { (void)da::cuda::detail::launch_forward<Traits>(p, nullptr); });
+      state.counters["flops"] = benchmark::Counter(da::forward_flops(p), benchmark::Counter::kIsIterationInvariantRate);
+      state.SetLabel(label);
     }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    state.counters["flops"] = benchmark::Counter(da::forward_flops(p), benchmark::Counter::kIsIterationInvariantRate);
-    cudaDeviceProp prop{};
-    cudaGetDeviceProperties(&prop, 0);
-    state.SetLabel(std::string(prop.name) + " B=" + std::to_string(B) + " H=" + std::to_string(Traits::kV2 ? H2 : H));
+  } else if constexpr (da::cuda::backward_head_dim_supported(Traits::kHeadDim)) {
+    using BT = da::cuda::BackwardTraits<Traits::kFmt, Traits::kHeadDim, Traits::kV2>;
+    const std::int64_t Hd = Traits::kV2 ? H2 : H, dv = Traits::kV2 ? d : 2 * d, rows = B * Hd * N;
+    std::vector<void*> bufs;
+    auto alloc = [&](std::size_t bytes) { void* x = nullptr; cudaMalloc(&x, bytes); bufs.push_back(x); return x; };
+    float* lse1 = static_cast<float*>(alloc(rows * 4)); float* lse2 = static_cast<float*>(alloc(rows * 4));
+    float* attn = static_cast<float*>(alloc(rows * dv * 4)); float* o2 = static_cast<float*>(alloc(rows * dv * 4));
+    float* rstd = static_cast<float*>(alloc(rows * 4));
+    p.extras = {lse1, lse2, attn, o2, Traits::kV2 ? nullptr : rstd, nullptr};
+    const da::Status fs = da::cuda::forward_config<Traits>(p, nullptr);
+    da::BackwardParams bp;
+    bp.fwd = p;
+    bp.fwd.extras = {};
+    bp.saved = da::saved_from(p.extras);
+    bp.deterministic = backward == 2;
+    void* dout = alloc(no * 2);
+    fill_device<Elem>(dout, no, 6, 1.f);
+    bp.dout = p.out;
+    bp.dout.ptr = dout;
+    void* dq = alloc(nq * 2); void* dk = alloc(nk * 2); void* dvb = alloc(nv * 2);
+    // gradients in the layouts of q, k, v (the same strides)
+    bp.grad.dq1 = {dq, p.q1.stride_b, p.q1.stride_t, p.q1.stride_h};
+    bp.grad.dq2 = {static_cast<char*>(dq) + (static_cast<const char*>(p.q2.ptr) - static_cast<const char*>(p.q1.ptr)),
+                   p.q2.stride_b, p.q2.stride_t, p.q2.stride_h};
+    bp.grad.dk1 = {dk, p.k1.stride_b, p.k1.stride_t, p.k1.stride_h};
+    if constexpr (Traits::kV2) {
+      bp.grad.dv_lo = {dvb, p.v_lo.stride_b, p.v_lo.stride_t, p.v_lo.stride_h};
+      bp.grad.dlogits = {alloc(B * N * H2 * 4), p.lambda.logits.stride_b, p.lambda.logits.stride_t, p.lambda.logits.stride_h};
+    } else {
+      bp.grad.dk2 = {static_cast<char*>(dk) + (static_cast<const char*>(p.k2.ptr) - static_cast<const char*>(p.k1.ptr)),
+                     p.k2.stride_b, p.k2.stride_t, p.k2.stride_h};
+      bp.set_dv({dvb, p.v_lo.stride_b, p.v_lo.stride_t, p.v_lo.stride_h});
+      float* side = static_cast<float*>(alloc(6 * d * 4));
+      bp.grad.dlq1 = side; bp.grad.dlk1 = side + d; bp.grad.dlq2 = side + 2 * d; bp.grad.dlk2 = side + 3 * d;
+      bp.grad.dgamma = side + 4 * d;
+    }
+    const std::size_t wsb = da::cuda::backward_workspace_bytes(bp);
+    void* ws = alloc(wsb > 0 ? wsb : 256);
+    const da::Status bs = fs.ok() ? da::cuda::backward_config<BT>(bp, ws, wsb, nullptr) : fs;  // validated, warm-up
+    const bool ran = bs.ok() && cudaDeviceSynchronize() == cudaSuccess;
+    if (!ran) {
+      state.SkipWithError(bs.ok() ? "cuda backward failed on the device" : bs.to_string().c_str());
+    } else {
+      const da::cuda::BackwardPlan pl = da::cuda::make_backward_plan<BT>(bp.fwd, bp.deterministic, da::cuda::detail::device_sm_count());
+      time_launches(state, [&] { (void)da::cuda::detail::launch_backward<BT>(bp, pl, ws, wsb, nullptr); });
+      state.counters["flops"] = benchmark::Counter(da::backward_flops(bp.fwd), benchmark::Counter::kIsIterationInvariantRate);
+      state.SetLabel(label + " splits=" + std::to_string(pl.nsplit));
+    }
+    for (void* x : bufs) cudaFree(x);
   }
   cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(out); cudaFree(lam); cudaFree(gamma);
 }
@@ -136,6 +201,13 @@ void register_config(bool variant = false) {
                              std::to_string(Traits::kHeadDim) + tag;
     benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_forward<Traits>(st, m); })
         ->ArgName("N")->RangeMultiplier(2)->Range(1024, 16384)->UseManualTime()->Unit(benchmark::kMillisecond);
+    if (variant || !da::cuda::backward_head_dim_supported(Traits::kHeadDim)) continue;
+    for (int bwd : {1, 2}) {
+      const std::string bname = std::string(bwd == 1 ? "cuda_backward" : "cuda_backward_det") + (Traits::kV2 ? "_v2/" : "/") +
+                                dtype + "/" + mask_name(m) + "/d:" + std::to_string(Traits::kHeadDim);
+      benchmark::RegisterBenchmark(bname.c_str(), [=](benchmark::State& st) { bm_forward<Traits>(st, m, bwd); })
+          ->ArgName("N")->RangeMultiplier(2)->Range(1024, 16384)->UseManualTime()->Unit(benchmark::kMillisecond);
+    }
   }
 }
 

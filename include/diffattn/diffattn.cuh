@@ -2,4 +2,5 @@
 #pragma once
 
 #include "diffattn/diffattn.hpp"
+#include "diffattn/cuda/backward.cuh"
 #include "diffattn/cuda/forward.cuh"

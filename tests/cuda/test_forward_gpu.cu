@@ -5,52 +5,16 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
-#include <cstdio>
-
 #include <cuda_runtime.h>
 
 #include <diffattn/cuda/forward.cuh>
 
 #include "cuda/forward_check.hpp"
+#include "cuda/gpu_support.hpp"
 
 using namespace dt;
 
 namespace {
-
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-/// Device copies of the byte span of each tensor of a host Params; the outputs come back.
-class DeviceMirror {
- public:
-  ~DeviceMirror() {
-    for (auto& b : bufs_) cudaFree(b.dev);
-  }
-  /// Copies [host, host + bytes) to the device; returns the device address of `host`.
-  void* mirror(const void* host, std::size_t bytes, bool output) {
-    if (host == nullptr) return nullptr;
-    void* dev = nullptr;
-    REQUIRE(cudaMalloc(&dev, bytes) == cudaSuccess);
-    REQUIRE(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice) == cudaSuccess);
-    bufs_.push_back({const_cast<void*>(host), dev, bytes, output});
-    return dev;
-  }
-  void copy_back() {
-    for (auto& b : bufs_)
-      if (b.output) REQUIRE(cudaMemcpy(b.host, b.dev, b.bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
-  }
-
- private:
-  struct Buf { void* host; void* dev; std::size_t bytes; bool output; };
-  std::vector<Buf> bufs_;
-};
-
-template <class Ref>
-std::size_t span_bytes(const Ref& r, i64 B, i64 T, i64 heads, i64 ch, std::size_t esz) {
-  return static_cast<std::size_t>((B - 1) * r.stride_b + (T - 1) * r.stride_t + (heads - 1) * r.stride_h + ch) * esz;
-}
 
 da::Status run_on_gpu(const da::Params& hp) {
   DeviceMirror m;
@@ -167,13 +131,4 @@ TEST_CASE("cuda forward on a GPU: forward_config validates like forward (odd str
   for (auto x : pr.out) REQUIRE(std::isnan(static_cast<float>(x)));
 }
 
-int main(int argc, char** argv) {
-  doctest::Context ctx(argc, argv);
-  const int rc = ctx.run();
-  if (rc != 0 || ctx.shouldExit()) return rc;
-  if (!have_gpu()) {
-    std::printf("SKIPPED (not passed): no CUDA device, the GPU suite did not run (the host-side checks passed)\n");
-    return 77;
-  }
-  return 0;
-}
+int main(int argc, char** argv) { return gpu_suite_main(argc, argv); }

@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "diffattn/core/dtype.hpp"
 #include "diffattn/core/lambda.hpp"
@@ -69,13 +70,21 @@ namespace cuda {
 /// The head dims the CUDA backward is built for (see the header comment).
 constexpr bool backward_head_dim_supported(int head_dim) { return head_dim <= 64; }
 
+/// Query rows per tile of the backward's main kernel, from ptxas's register report (nvcc 13.0,
+/// sm_80 / sm_90; no GPU has timed it yet). Each warp holds dV (16 x dv) and dK_c (16 x d) of
+/// its 16 keys in fp32 registers for the whole block, plus S_1^T, S_2^T and dP^T (16 x BlockM)
+/// per tile. d = 64: 16 rows fit (V1 255 / 255 registers, V2 229 / 168), 32 rows spill (V1 88
+/// bytes on sm_80, V2 24 on sm_90); d = 32: 32 rows fit (V1 255 / 254, V2 230 / 236), 64 rows
+/// spill (V1 136 / 64 bytes).
+constexpr int default_bwd_block_m(int head_dim) { return head_dim >= 64 ? 16 : 32; }
+
 /// Configuration of the fused backward.
 /// @tparam F        16-bit element format; math is fp32.
 /// @tparam HeadDim  d (multiple of 16, at most 64).
 /// @tparam V2       DIFF V2 (one K, V of d channels, lambda per row from the logits).
 /// @tparam BlockN   keys per block of the main kernel, 16 per warp.
 /// @tparam BlockM   query rows per tile streamed past the keys (and rows per prepass block).
-template <simt::fmt16 F, int HeadDim, bool V2 = false, int BlockN = 64, int BlockM = 32>
+template <simt::fmt16 F, int HeadDim, bool V2 = false, int BlockN = 64, int BlockM = default_bwd_block_m(HeadDim)>
 struct BackwardTraits {
   static constexpr simt::fmt16 kFmt = F;
   using Elem = std::conditional_t<F == simt::fmt16::f16, half, bfloat16>;
@@ -125,7 +134,14 @@ struct BackwardTraits {
   static constexpr int kNSteps = kBlockN / 16;     // k-steps over keys (dQ)
   static constexpr int kDTiles = kHeadDim / 8;     // n8 tiles of dK_c and dQ_c
   static constexpr int kVTiles = kValueDim / 8;    // n8 tiles of dV
-  static constexpr int kDqTiles = 2 * (kBlockM / 16);  // (component, 16 rows) tiles of dQ per query tile
+  // dQ work per query tile: (component, 16 rows) tiles, each cut into kDqCols column parts so
+  // that every warp has one when there are fewer tiles than warps
+  static constexpr int kDqRowTiles = 2 * (kBlockM / 16);
+  static constexpr int kDqColsWant = kWarps > kDqRowTiles ? kWarps / kDqRowTiles : 1;
+  static constexpr int kDqCols = kDTiles / kDqColsWant >= 2 ? kDqColsWant : kDTiles / 2;
+  static constexpr int kDqTiles = kDqRowTiles * kDqCols;
+  static constexpr int kDqNTiles = kDTiles / kDqCols;  // n8 tiles of one dQ work unit
+  static_assert(kDTiles % kDqCols == 0 && kDqNTiles % 2 == 0, "dQ column parts of whole n8 tile pairs");
   static_assert(kSTiles % 2 == 0 && kDTiles % 2 == 0 && kVTiles % 2 == 0, "fragments come in pairs of n8 tiles");
 
   // prepass: one warp per row at a time, 4 warps
@@ -133,6 +149,28 @@ struct BackwardTraits {
   static constexpr int kPreThreads = 32 * kPreWarps;
   static constexpr int kPrePerLane = (kValueDim + 31) / 32;
   static constexpr int kPartFloats = 1 + 2 * kValueDim;  // dlambda, dgamma[dv], dbeta[dv]
+
+  // ---- per-tile instruction counts of the main kernel's query-tile loop (see LoopCounts) ------
+  // One warp, one tile of kBlockM query rows (LoopCounts::keys holds the rows per tile here).
+  // mma: S_c^T = K_c Q_c^T 2 x kQKSteps x kSTiles, dP^T = V dA^T kDPSteps x kSTiles, dV kMSteps x
+  // kVTiles, dK_c 2 x kMSteps x kDTiles, dQ kNSteps x kDqNTiles per work unit (warp 0 has
+  // kDqUnits of them). ldmatrix.x4: mma_abt loads one A fragment (this warp's K or V rows, again
+  // every tile) and kSTiles / 2 B pairs per k-step; mma_pv kNTiles / 2 per k-step; a dQ unit
+  // kNSteps transposed dS_c^T fragments more. exp2: two per score element, 4 kSTiles per thread.
+  // V2: S_1^T and S_2^T take the same K A fragments, loaded once per component (identical
+  // ldmatrix, same address, no store between): ptxas merges each pair for sm_90 (nvcc 13.0) and
+  // keeps both for sm_80, so the count depends on `sm`, the target's SM number (SASS model reading).
+  // The SASS model (bench/cuda/sass_model.py, ctest cuda_sass_model) checks them.
+  static constexpr int kDqUnits = (kDqTiles + kWarps - 1) / kWarps;
+  static constexpr LoopCounts loop_counts(int, int sm = 80) {
+    return LoopCounts{kBlockM,
+                      2 * kQKSteps * kSTiles + kDPSteps * kSTiles + kMSteps * kVTiles + 2 * kMSteps * kDTiles +
+                          kDqUnits * kNSteps * kDqNTiles,
+                      (kV2 && sm >= 90 ? kQKSteps * (1 + kSTiles) : 2 * kQKSteps * (1 + kSTiles / 2)) +
+                          kDPSteps * (1 + kSTiles / 2) + kMSteps * (kVTiles / 2) + 2 * kMSteps * (kDTiles / 2) +
+                          kDqUnits * kNSteps * (1 + kDqNTiles / 2),
+                      2 * 4 * kSTiles};
+  }
 };
 
 /// Where the backward's buffers lie in its device workspace (bytes from its start), and how the
@@ -506,7 +544,19 @@ struct BwdMainKernel {
               // every (key, row) pair of the tile visible, or per-element masking
               const bool full = m0 + T::kBlockM <= N && j0 + T::kBlockN <= S &&
                                 a.mask.key_begin(m0 + T::kBlockM - 1) <= j0 && a.mask.key_end(m0) >= j0 + T::kBlockN;
-              const std::int64_t key_row[2] = {j0 + wkey + g, j0 + wkey + g + 8};
+              // the edge test in 32 bits, relative to the tile (seqlens are below 2^30): key j = j0 + kr
+              // and row i = m0 + col are visible iff kr < S - j0, col < N - m0 and j - i lies in the
+              // band [diag - left, diag + right] of the mask (RowMask; -1: that side unbounded)
+              const int rows_left = static_cast<int>(N - m0 < T::kBlockM ? N - m0 : T::kBlockM);
+              const int keys_left = static_cast<int>(S - j0 < T::kBlockN ? S - j0 : T::kBlockN);
+              const std::int64_t base_rel = j0 - m0;
+              auto clamp32 = [](std::int64_t x) {
+                return static_cast<int>(x < -(std::int64_t{1} << 31) + 1 ? -(std::int64_t{1} << 31) + 1
+                                        : x > (std::int64_t{1} << 31) - 1 ? (std::int64_t{1} << 31) - 1 : x);
+              };
+              const int band_lo = a.mask.left < 0 ? -2147483647 : clamp32(a.mask.diag - a.mask.left - base_rel);
+              const int band_hi = a.mask.right < 0 ? 2147483647 : clamp32(a.mask.diag + a.mask.right - base_rel);
+              const int key_row[2] = {wkey + g, wkey + g + 8};
               // S_c^T = K_c Q_c^T (16 keys x BlockM rows), then P_c^T
               float p[2][T::kSTiles][4];
               DIFFATTN_UNROLL
@@ -533,8 +583,8 @@ struct BwdMainKernel {
                   float p1 = simt::exp2_approx(p[0][nt][e] * a.scale_log2 - lse1);
                   float p2 = simt::exp2_approx(p[1][nt][e] * a.scale_log2 - lse2);
                   if (!full) {
-                    const std::int64_t i = m0 + col, j = key_row[e >> 1];
-                    if (i >= N || j >= S || !a.mask.visible(i, j)) p1 = p2 = 0.f;
+                    const int kr = key_row[e >> 1], rel = kr - col;  // (j - i) - (j0 - m0)
+                    if (col >= rows_left || kr >= keys_left || rel < band_lo || rel > band_hi) p1 = p2 = 0.f;
                   }
                   const float dpv = dp[nt][e];
                   pt[nt][e] = p1 - lam * p2;
@@ -569,7 +619,9 @@ struct BwdMainKernel {
               simt::syncthreads();  // dS_c^T of every warp is in shared memory
               // dQ_c += dS_c K_c: warp w takes (component, 16 rows) tiles w, w + kWarps, ...
               for (int u = static_cast<int>(warp); u < T::kDqTiles; u += T::kWarps) {
-                const int c = u / (T::kBlockM / 16), r16 = (u % (T::kBlockM / 16)) * 16;
+                const int rt = u / T::kDqCols, cp = u % T::kDqCols;
+                const int c = rt / (T::kBlockM / 16), r16 = (rt % (T::kBlockM / 16)) * 16;
+                const int col0 = cp * T::kDqNTiles * 8;
                 std::uint32_t af[T::kNSteps][4];
                 DIFFATTN_UNROLL
                 for (int ks = 0; ks < T::kNSteps; ++ks) {
@@ -578,21 +630,22 @@ struct BwdMainKernel {
                   const int col = r16 + static_cast<int>((lane / 8) % 2) * 8;
                   simt::ldmatrix_x4_trans(af[ks], sDs(c) + (krow * T::kDsStride + col));
                 }
-                float acc[T::kDTiles][4];
+                float acc[T::kDqNTiles][4];
                 DIFFATTN_UNROLL
-                for (int nt = 0; nt < T::kDTiles; ++nt)
+                for (int nt = 0; nt < T::kDqNTiles; ++nt)
                   DIFFATTN_UNROLL
                   for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-                detail::mma_pv<F, T::kNSteps, T::kDTiles, 1>(acc, af, acc, af, sK(T::kV2 ? 0 : c), T::kQStride, lane);
-                float* dq = a.dq + ((split % pl.nsplit) * 2 + c) * rows_all * a.head_dim;
-                if (pl.atomic_dq) dq = a.dq + c * rows_all * a.head_dim;
+                detail::mma_pv<F, T::kNSteps, T::kDqNTiles, 1>(acc, af, acc, af, sK(T::kV2 ? 0 : c) + col0, T::kQStride,
+                                                               lane);
+                // the component's accumulator: the split's own with the deterministic option
+                float* dq = a.dq + ((pl.atomic_dq ? 0 : split) * 2 + c) * rows_all * a.head_dim;
                 DIFFATTN_UNROLL
                 for (int hr = 0; hr < 2; ++hr) {
                   const std::int64_t i = m0 + r16 + g + 8 * hr;
                   if (i >= N) continue;
-                  float* qrow = dq + (bh * N + i) * a.head_dim;
+                  float* qrow = dq + (bh * N + i) * a.head_dim + col0;
                   DIFFATTN_UNROLL
-                  for (int nt = 0; nt < T::kDTiles; ++nt)
+                  for (int nt = 0; nt < T::kDqNTiles; ++nt)
                     DIFFATTN_UNROLL
                     for (int e = 0; e < 2; ++e) {
                       const float v = acc[nt][2 * hr + e];
@@ -735,7 +788,8 @@ void dispatch_backward_one(DType dtype, std::int64_t head_dim, Variant variant, 
     constexpr DType dt = Fm == simt::fmt16::f16 ? DType::f16 : DType::bf16;
     if (done || dtype != dt || head_dim != D) return;
     done = true;
-    res = variant == Variant::diff_v2 ? f(BackwardTraits<Fm, D, true>{}) : f(BackwardTraits<Fm, D, false>{});
+    Status r = variant == Variant::diff_v2 ? f(BackwardTraits<Fm, D, true>{}) : f(BackwardTraits<Fm, D, false>{});
+    std::swap(res, r);
   } else {
     (void)dtype, (void)head_dim, (void)variant, (void)f, (void)res, (void)done;
   }
@@ -779,20 +833,27 @@ Status run_backward_steps(const BackwardParams& bp, const BackwardPlan& pl, void
   using T = Traits;
   const Params& p = bp.fwd;
   const BackwardArgs a = make_backward_args(bp, pl, workspace);
-  Status s = launch(simt::dim3(static_cast<unsigned>(pl.npad / T::kBlockM), static_cast<unsigned>(p.batch * p.heads)),
-                    simt::dim3(T::kPreThreads), static_cast<std::size_t>(T::kPreWarps * T::kPartFloats * 4),
-                    BwdPrepassKernel<T>{}, a);
-  if (!s.ok()) return s;
-  const std::int64_t gx = pl.atomic_dq ? pl.nkb : pl.nsplit;
-  s = launch(simt::dim3(static_cast<unsigned>(gx), static_cast<unsigned>(p.batch * p.kv_heads)), simt::dim3(T::kThreads),
-             static_cast<std::size_t>(T::kSmemBytes), BwdMainKernel<T>{}, a);
-  if (!s.ok()) return s;
-  const std::int64_t pairs = 2 * p.batch * p.heads * p.seqlen_q * (p.head_dim / 2);
-  std::int64_t blocks = (pairs + 255) / 256;
-  if (blocks > 65535) blocks = 65535;
-  if (blocks < 1) blocks = 1;
-  s = launch(simt::dim3(static_cast<unsigned>(blocks)), simt::dim3(256), std::size_t{0}, BwdDqConvertKernel<T>{}, a);
-  if (!s.ok()) return s;
+  {
+    const Status s = launch(simt::dim3(static_cast<unsigned>(pl.npad / T::kBlockM), static_cast<unsigned>(p.batch * p.heads)),
+                            simt::dim3(T::kPreThreads), static_cast<std::size_t>(T::kPreWarps * T::kPartFloats * 4),
+                            BwdPrepassKernel<T>{}, a);
+    if (!s.ok()) return s;
+  }
+  {
+    const std::int64_t gx = pl.atomic_dq ? pl.nkb : pl.nsplit;
+    const Status s = launch(simt::dim3(static_cast<unsigned>(gx), static_cast<unsigned>(p.batch * p.kv_heads)),
+                            simt::dim3(T::kThreads), static_cast<std::size_t>(T::kSmemBytes), BwdMainKernel<T>{}, a);
+    if (!s.ok()) return s;
+  }
+  {
+    const std::int64_t pairs = 2 * p.batch * p.heads * p.seqlen_q * (p.head_dim / 2);
+    std::int64_t blocks = (pairs + 255) / 256;
+    if (blocks > 65535) blocks = 65535;
+    if (blocks < 1) blocks = 1;
+    const Status s = launch(simt::dim3(static_cast<unsigned>(blocks)), simt::dim3(256), std::size_t{0},
+                            BwdDqConvertKernel<T>{}, a);
+    if (!s.ok()) return s;
+  }
   const bool need_finish = !p.is_v2() || p.norm.gamma != nullptr || p.norm.beta != nullptr;
   if (!need_finish) return Status::Ok();
   return launch(simt::dim3(1), simt::dim3(BwdFinishKernel<T>::kThreads),
