@@ -2,8 +2,8 @@
 # The sanitizer stage of the README's test command (scripts/test.sh runs it after the main suite;
 # DIFFATTN_SANITIZE=OFF skips it). Two builds beside the main one, host compiler only:
 #   ASan + UBSan (no recovery: the first report fails the test): the core, reference, CPU (on the
-#     best path) and simt suites, and one emulated CUDA configuration
-#     (bf16, d = 64: the kernel under the emulator's fibers), and the fuzz tests (10 s each);
+#     best path) and simt suites, one emulated CUDA configuration (bf16, d = 64: the forward
+#     and the backward kernels under the emulator's fibers), and the fuzz tests (10 s each);
 #   TSan: the CPU suite's concurrency tests (concurrent callers sharing the thread pool).
 # About 10 minutes on 2 cores.
 set -euo pipefail
@@ -24,13 +24,13 @@ asan="$build-asan"
 configure "$asan" "-fsanitize=address,undefined -fno-sanitize-recover=all"
 simt="simt_test_emu_basics simt_test_layouts simt_test_gemm simt_test_reduce simt_test_faults simt_test_probe"
 # shellcheck disable=SC2086
-cmake --build "$asan" -j "$jobs" --target test_core test_reference test_cpu $simt test_cuda_forward_emulated_bf16_d64 test_fuzz
+cmake --build "$asan" -j "$jobs" --target test_core test_reference test_cpu $simt test_cuda_forward_emulated_bf16_d64 test_cuda_backward_emulated_bf16_d64 test_fuzz
 # allocator_may_return_null: the reference's out-of-memory test needs operator new to throw
 DIFFATTN_FUZZ_SECONDS="${DIFFATTN_FUZZ_SECONDS:-10}" \
 ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:abort_on_error=0" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
   ctest --test-dir "$asan" --output-on-failure -j "$jobs" \
-        -R '^(test_core|test_reference|test_cpu|simt_test_(emu_basics|layouts|gemm|reduce|faults|probe)|test_cuda_forward_emulated_bf16_d64|test_fuzz)$'
+        -R '^(test_core|test_reference|test_cpu|simt_test_(emu_basics|layouts|gemm|reduce|faults|probe)|test_cuda_(forward|backward)_emulated_bf16_d64|test_fuzz)$'
 
 echo "== sanitizers: TSan (concurrent cpu::forward callers)"
 tsan="$build-tsan"

@@ -1102,6 +1102,32 @@ def fmt_num(x: float) -> str:
     return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
 
 
+# Per-tile count columns of the forward's and the backward's tables: the units, then the tail.
+UNIT_COUNT_COLS = [
+    ("HMMA", lambda lp: lp["per_tile"]["hmma"]), ("(exp)", lambda lp: lp["expected"]["hmma"]),
+    ("LDSM", lambda lp: lp["per_tile"]["ldsm"]), ("(exp)", lambda lp: lp["expected"]["ldsm"]),
+    ("EX2", lambda lp: lp["per_tile"]["mufu_ex2"]), ("(exp)", lambda lp: lp["expected"]["mufu"]),
+    ("MUFU other", lambda lp: lp["per_tile"]["mufu_other"]),
+    ("FP32", lambda lp: lp["per_tile"]["classes"]["fp32"]),
+    ("FMUL", lambda lp: lp["per_tile"]["opcodes"].get("FMUL", 0)),
+    ("FFMA", lambda lp: lp["per_tile"]["opcodes"].get("FFMA", 0)),
+    ("IMAD", lambda lp: lp["per_tile"]["classes"]["imad"]),
+    ("INT", lambda lp: lp["per_tile"]["classes"]["int"]),
+    ("conv", lambda lp: lp["per_tile"]["classes"]["conv"]),
+    ("SHFL", lambda lp: lp["per_tile"]["classes"]["shfl"]),
+    ("BAR", lambda lp: lp["per_tile"]["classes"]["bar"]),
+    ("LDGSTS", lambda lp: lp["per_tile"]["ldgsts"]),
+    ("DEPBAR", lambda lp: lp["per_tile"]["classes"]["depbar"]),
+]
+TAIL_COUNT_COLS = [
+    ("local", lambda lp: lp["per_tile"]["classes"]["local"]),
+    ("uniform", lambda lp: lp["per_tile"]["classes"]["uniform"]),
+    ("branch", lambda lp: lp["per_tile"]["classes"]["branch"]),
+    ("NOP", lambda lp: lp["per_tile"]["classes"]["nop"]),
+    ("other", lambda lp: lp["per_tile"]["classes"]["other"]),
+]
+
+
 def markdown(doc: dict) -> str:
     L = []
     w = L.append
@@ -1167,27 +1193,10 @@ def markdown(doc: dict) -> str:
     w("")
     cols = [("keys", lambda lp: lp["expected"]["keys"]), ("unroll", lambda lp: lp["unroll"]),
             ("all instr", lambda lp: lp["per_tile"]["total"]),
-            ("HMMA", lambda lp: lp["per_tile"]["hmma"]), ("(exp)", lambda lp: lp["expected"]["hmma"]),
-            ("LDSM", lambda lp: lp["per_tile"]["ldsm"]), ("(exp)", lambda lp: lp["expected"]["ldsm"]),
-            ("EX2", lambda lp: lp["per_tile"]["mufu_ex2"]), ("(exp)", lambda lp: lp["expected"]["mufu"]),
-            ("MUFU other", lambda lp: lp["per_tile"]["mufu_other"]),
-            ("FP32", lambda lp: lp["per_tile"]["classes"]["fp32"]),
-            ("FMUL", lambda lp: lp["per_tile"]["opcodes"].get("FMUL", 0)),
-            ("FFMA", lambda lp: lp["per_tile"]["opcodes"].get("FFMA", 0)),
-            ("IMAD", lambda lp: lp["per_tile"]["classes"]["imad"]),
-            ("INT", lambda lp: lp["per_tile"]["classes"]["int"]),
-            ("conv", lambda lp: lp["per_tile"]["classes"]["conv"]),
-            ("SHFL", lambda lp: lp["per_tile"]["classes"]["shfl"]),
-            ("BAR", lambda lp: lp["per_tile"]["classes"]["bar"]),
-            ("LDGSTS", lambda lp: lp["per_tile"]["ldgsts"]),
-            ("DEPBAR", lambda lp: lp["per_tile"]["classes"]["depbar"]),
+            *UNIT_COUNT_COLS,
             ("LDS/STS", lambda lp: lp["per_tile"]["classes"]["lds_sts"]),
             ("LDG/STG", lambda lp: lp["per_tile"]["classes"]["global"]),
-            ("local", lambda lp: lp["per_tile"]["classes"]["local"]),
-            ("uniform", lambda lp: lp["per_tile"]["classes"]["uniform"]),
-            ("branch", lambda lp: lp["per_tile"]["classes"]["branch"]),
-            ("NOP", lambda lp: lp["per_tile"]["classes"]["nop"]),
-            ("other", lambda lp: lp["per_tile"]["classes"]["other"]),
+            *TAIL_COUNT_COLS,
             ("cp.async code", lambda lp: lp["per_tile"]["copy_region_instr"]),
             ("inner loops", lambda lp: lp["inner_loops"])]
     for a in archs:
@@ -1242,28 +1251,11 @@ def markdown(doc: dict) -> str:
 BWD_COUNT_COLS = [
     ("rows", lambda lp: lp["expected"]["keys"]), ("unroll", lambda lp: lp["unroll"]),
     ("all instr", lambda lp: lp["per_tile"]["total"]), ("max path", lambda lp: lp["max_path"]["total"]),
-    ("HMMA", lambda lp: lp["per_tile"]["hmma"]), ("(exp)", lambda lp: lp["expected"]["hmma"]),
-    ("LDSM", lambda lp: lp["per_tile"]["ldsm"]), ("(exp)", lambda lp: lp["expected"]["ldsm"]),
-    ("EX2", lambda lp: lp["per_tile"]["mufu_ex2"]), ("(exp)", lambda lp: lp["expected"]["mufu"]),
-    ("MUFU other", lambda lp: lp["per_tile"]["mufu_other"]),
-    ("FP32", lambda lp: lp["per_tile"]["classes"]["fp32"]),
-    ("FMUL", lambda lp: lp["per_tile"]["opcodes"].get("FMUL", 0)),
-    ("FFMA", lambda lp: lp["per_tile"]["opcodes"].get("FFMA", 0)),
-    ("IMAD", lambda lp: lp["per_tile"]["classes"]["imad"]),
-    ("INT", lambda lp: lp["per_tile"]["classes"]["int"]),
-    ("conv", lambda lp: lp["per_tile"]["classes"]["conv"]),
-    ("SHFL", lambda lp: lp["per_tile"]["classes"]["shfl"]),
-    ("BAR", lambda lp: lp["per_tile"]["classes"]["bar"]),
-    ("LDGSTS", lambda lp: lp["per_tile"]["ldgsts"]),
-    ("DEPBAR", lambda lp: lp["per_tile"]["classes"]["depbar"]),
+    *UNIT_COUNT_COLS,
     ("LDS", lambda lp: lp["per_tile"]["lds"]), ("STS", lambda lp: lp["per_tile"]["sts"]),
     ("RED", lambda lp: lp["per_tile"]["red"]),
     ("LDG/STG/RED", lambda lp: lp["per_tile"]["classes"]["global"]),
-    ("local", lambda lp: lp["per_tile"]["classes"]["local"]),
-    ("uniform", lambda lp: lp["per_tile"]["classes"]["uniform"]),
-    ("branch", lambda lp: lp["per_tile"]["classes"]["branch"]),
-    ("NOP", lambda lp: lp["per_tile"]["classes"]["nop"]),
-    ("other", lambda lp: lp["per_tile"]["classes"]["other"]),
+    *TAIL_COUNT_COLS,
     ("inner loops", lambda lp: lp["inner_loops"])]
 
 

@@ -17,58 +17,6 @@ using namespace dt;
 
 namespace {
 
-da::Status finish(da::Status s, DeviceMirror& m) {
-  if (!s.ok()) return s;
-  const cudaError_t err = cudaDeviceSynchronize();
-  if (err != cudaSuccess) return da::Status::Internal(cudaGetErrorString(err));
-  m.copy_back();
-  return s;
-}
-
-// The device copies of a forward's inputs (and of its outputs when `outputs`).
-da::Params mirror_params(DeviceMirror& m, const da::Params& hp, bool outputs) {
-  da::Params p = hp;
-  const i64 B = p.batch, N = p.seqlen_q, S = p.seqlen_k, H = p.heads, G = p.kv_heads, d = p.head_dim, dv = hp.value_dim();
-  const std::size_t e = da::dtype_size(p.dtype), f = sizeof(float);
-  m.mirror_views(p.q1.ptr, span_bytes(hp.q1, B, N, H, d, e), p.q2.ptr, span_bytes(hp.q2, B, N, H, d, e), false);
-  const std::size_t kb = span_bytes(hp.k1, B, S, G, d, e);
-  if (hp.k2.ptr != nullptr) {
-    m.mirror_views(p.k1.ptr, kb, p.k2.ptr, span_bytes(hp.k2, B, S, G, d, e), false);
-  } else {
-    p.k1.ptr = m.mirror(hp.k1.ptr, kb, false);
-  }
-  if (hp.v_hi.ptr != nullptr) {
-    m.mirror_views(p.v_lo.ptr, span_bytes(hp.v_lo, B, S, G, d, e), p.v_hi.ptr, span_bytes(hp.v_hi, B, S, G, d, e), false);
-  } else {
-    p.v_lo.ptr = m.mirror(hp.v_lo.ptr, span_bytes(hp.v_lo, B, S, G, d, e), false);
-  }
-  p.lambda.logits.ptr = m.mirror(hp.lambda.logits.ptr, span_bytes(hp.lambda.logits, B, N, H, 1, f), false);
-  const std::size_t lam = (hp.lambda.per_head ? H : 1) * d * f;
-  p.lambda.lq1 = m.mirror(hp.lambda.lq1, lam, false);
-  p.lambda.lk1 = m.mirror(hp.lambda.lk1, lam, false);
-  p.lambda.lq2 = m.mirror(hp.lambda.lq2, lam, false);
-  p.lambda.lk2 = m.mirror(hp.lambda.lk2, lam, false);
-  p.norm.gamma = m.mirror(hp.norm.gamma, 2 * d * f, false);
-  p.norm.beta = m.mirror(hp.norm.beta, 2 * d * f, false);
-  if (outputs) {
-    p.out.ptr = m.mirror(hp.out.ptr, span_bytes(hp.out, B, N, H, dv, e), true);
-    const std::size_t rows = B * H * N * f;
-    p.extras.lse1 = m.mirror(hp.extras.lse1, rows, true);
-    p.extras.lse2 = m.mirror(hp.extras.lse2, rows, true);
-    p.extras.rstd = m.mirror(hp.extras.rstd, rows, true);
-    p.extras.mean = m.mirror(hp.extras.mean, rows, true);
-    p.extras.attn = m.mirror(hp.extras.attn, rows * dv, true);
-    p.extras.o2 = m.mirror(hp.extras.o2, rows * dv, true);
-  }
-  return p;
-}
-
-da::Status forward_on_gpu(const da::Params& hp) {
-  DeviceMirror m;
-  const da::Params p = mirror_params(m, hp, true);
-  return finish(da::cuda::forward(p, nullptr), m);
-}
-
 da::Status backward_on_gpu(const da::BackwardParams& hb) {
   DeviceMirror m;
   da::BackwardParams bp = hb;

@@ -7,7 +7,9 @@
 //     buffer sits between guard elements and has gaps in its strides, all filled with a sentinel
 //     bit pattern that must survive wherever the call may not write;
 //   bad input: mutations of valid params that every backend must reject with a message, writing
-//     nothing (bitwise), and mutations that are valid and must give the right answer.
+//     nothing (bitwise), and mutations that are valid and must give the right answer; the same
+//     for the backward backends (reference::backward, cpu::backward, the emulated CUDA backward),
+//     with the forward's mutations and the backward's own (gradients, dout, saved tensors).
 //
 // DIFFATTN_FUZZ_SECONDS (default 20) bounds each test case's time, DIFFATTN_FUZZ_SEED (default
 // 1) picks the run; each case prints its seed, so a failure is replayed with the same seed.
@@ -24,9 +26,12 @@
 #include <string>
 #include <vector>
 
+#include <diffattn/cpu/backward.hpp>
 #include <diffattn/cpu/forward.hpp>
 #include <diffattn/cuda/emulated.hpp>
 #include <diffattn/diffattn.hpp>
+
+#include "support/problem.hpp"  // dt::Problem: the backward's buffers
 
 namespace da = diffattn;
 using i64 = std::int64_t;
@@ -529,4 +534,105 @@ TEST_CASE("valid but unusual input is accepted and correct: broadcast keys (toke
     CHECK(got.stray() == 0);
     compare(c, got, ref, unit_roundoff(da::DType::f32), false, "cpu::forward");
   });
+}
+
+namespace {
+
+/// A mutation of a valid backward call (its forward params, dout, saved tensors, gradients).
+/// `fused`: only the fused backends reject it (the reference reads no saved tensors).
+struct BwdMutation {
+  const char* name;
+  bool fused;
+  std::function<void(da::BackwardParams&)> apply;
+};
+
+std::vector<BwdMutation> invalid_backward_mutations() {
+  std::vector<BwdMutation> m;
+  for (const Mutation& f : invalid_mutations()) {
+    if (!std::strcmp(f.name, "out null")) continue;  // the backward does not read out
+    m.push_back({f.name, false, [f](da::BackwardParams& bp) { f.apply(bp.fwd); }});
+  }
+  auto shift = [](auto& ptr, std::ptrdiff_t bytes) {  // ptr: void* or const void*
+    ptr = static_cast<const char*>(ptr) + bytes;
+  };
+  const std::vector<BwdMutation> own = {
+      {"dout null", false, [](da::BackwardParams& bp) { bp.dout.ptr = nullptr; }},
+      {"grad.dq1 null", false, [](da::BackwardParams& bp) { bp.grad.dq1.ptr = nullptr; }},
+      {"grad.dk2 null", false, [](da::BackwardParams& bp) { bp.grad.dk2.ptr = nullptr; }},
+      {"grad.dv_hi null", false, [](da::BackwardParams& bp) { bp.grad.dv_hi.ptr = nullptr; }},
+      {"grad.dlq1 null", false, [](da::BackwardParams& bp) { bp.grad.dlq1 = nullptr; }},
+      {"grad.dlogits set for V1", false, [](da::BackwardParams& bp) { bp.grad.dlogits = {bp.grad.dlq1, 1, 1, 1}; }},
+      {"grad.dq2 overlaps grad.dq1", false, [](da::BackwardParams& bp) { bp.grad.dq2 = bp.grad.dq1; }},
+      {"grad.dk1 is the input k1", false, [](da::BackwardParams& bp) { bp.grad.dk1.ptr = const_cast<void*>(bp.fwd.k1.ptr); }},
+      {"grad.dq1 misaligned", false, [](da::BackwardParams& bp) { bp.grad.dq1.ptr = static_cast<char*>(bp.grad.dq1.ptr) + 1; }},
+      {"saved.lse1 null", true, [](da::BackwardParams& bp) { bp.saved.lse1 = nullptr; }},
+      {"saved.o2 null", true, [](da::BackwardParams& bp) { bp.saved.o2 = nullptr; }},
+      {"saved.attn null", true, [](da::BackwardParams& bp) { bp.saved.attn = nullptr; }},
+      {"saved.rstd misaligned", false, [shift](da::BackwardParams& bp) { shift(bp.saved.rstd, 2); }},
+  };
+  m.insert(m.end(), own.begin(), own.end());
+  return m;
+}
+
+template <class Elem>
+bool grads_untouched(const dt::Problem<Elem>& p) {
+  auto nan16 = [](const std::vector<Elem>& v) {
+    for (auto x : v)
+      if (!std::isnan(static_cast<float>(x))) return false;
+    return true;
+  };
+  auto nanf = [](const std::vector<float>& v) {
+    for (auto x : v)
+      if (!std::isnan(x)) return false;
+    return true;
+  };
+  return nan16(p.dq) && nan16(p.dq2buf) && nan16(p.dk) && nan16(p.dk2buf) && nan16(p.dv) && nanf(p.dlq1) &&
+         nanf(p.dlk1) && nanf(p.dlq2) && nanf(p.dlk2) && nanf(p.dgamma) && nanf(p.dbeta);
+}
+
+// One random valid backward call on `pr` (saved tensors from reference::forward<float>), mutated,
+// through one backend: rejected with a message, no gradient element written.
+template <class Elem>
+void one_bad_backward(std::uint64_t seed, const BwdMutation& m, int backend) {
+  std::mt19937_64 rng(seed);
+  auto pick = [&](i64 lo, i64 hi) { return std::uniform_int_distribution<i64>(lo, hi)(rng); };
+  dt::Shape s;
+  s.B = pick(1, 2); s.N = pick(1, 70); s.S = pick(1, 70);
+  s.Hkv = pick(1, 2); s.H = s.Hkv * pick(1, 2); s.d = pick(0, 1) ? 32 : 64;
+  s.mask = static_cast<da::MaskKind>(pick(0, 2));
+  if (s.mask == da::MaskKind::window) { s.wl = pick(0, 20); s.wr = pick(0, 5); }
+  s.norm = pick(0, 1) ? da::NormKind::rms : da::NormKind::group;
+  s.beta = s.norm == da::NormKind::group;
+  dt::Problem<Elem> pr(s, seed, /*split_layout=*/pick(0, 1) == 1);
+  da::Params pf = pr.params();
+  REQUIRE(da::reference::forward<float>(pf).ok());
+  da::BackwardParams bp = pr.backward_params();
+  bp.saved = da::saved_from(pf.extras);
+  m.apply(bp);
+  da::Status st;
+  const std::string who = backend == 0 ? "reference" : (backend == 1 ? "cpu" : "cuda (emulated)");
+  if (backend == 0) st = da::reference::backward<float>(bp);
+  else if (backend == 1) st = da::cpu::backward(bp);
+  else st = da::cuda::emulated_backward(bp);
+  INFO("backward, " << who << ", mutation '" << std::string(m.name) << "', seed " << seed << ", " << s.str() << ": "
+                    << st.to_string());
+  CHECK(!st.ok());
+  CHECK(!st.message().empty());
+  CHECK(grads_untouched(pr));
+}
+
+}  // namespace
+
+TEST_CASE("bad input, backward: every backward backend rejects each mutation with a message and writes nothing") {
+  const auto muts = invalid_backward_mutations();
+  std::size_t tried = 0;
+  for_a_while("backward bad input", [&](std::uint64_t seed) {
+    const BwdMutation& m = muts[seed % muts.size()];
+    int backend = static_cast<int>(seed / muts.size() % 3);
+    if (m.fused && backend == 0) backend = 1;
+    if (backend == 2) one_bad_backward<da::bfloat16>(seed, m, backend);
+    else one_bad_backward<float>(seed, m, backend);
+    ++tried;
+  });
+  MESSAGE(tried << " mutated backward calls, " << muts.size() << " kinds of mutation");
 }

@@ -538,12 +538,10 @@ inline Status backward(const BackwardParams& bp, const Options& o = {}) {
   Isa isa = Isa::none;
   const Status si = select_isa(o.isa, &isa);
   if (!si.ok()) return si;
-  switch (bp.fwd.dtype) {
-    case DType::f16: s = detail::check_saved_rows<half>(bp); break;
-    case DType::bf16: s = detail::check_saved_rows<bfloat16>(bp); break;
-    default: s = detail::check_saved_rows<float>(bp); break;
-  }
-  if (!s.ok()) return s;
+  const Status rows = bp.fwd.dtype == DType::f16    ? detail::check_saved_rows<half>(bp)
+                      : bp.fwd.dtype == DType::bf16 ? detail::check_saved_rows<bfloat16>(bp)
+                                                    : detail::check_saved_rows<float>(bp);
+  if (!rows.ok()) return rows;
   const detail::Kernels& kern = *detail::kernels(isa);
   const detail::BwdPlan pl = detail::make_bwd_plan(bp.fwd, o);
   if (o.scratch != nullptr && o.scratch_bytes < pl.total)
