@@ -1535,23 +1535,14 @@ def main(argv: list[str]) -> int:
         (args.out / "sass_model.json").write_text(json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n")
         (args.out / "sass_model.md").write_text(markdown(doc) + "\n")
         bad = 0
-        for c in configs:
+        # forward configs, then backward ones (whose ptxas report is per kernel: the main one's registers)
+        for c, regs_of in [(c, lambda pt: pt["registers"]) for c in configs] + \
+                          [(c, lambda pt: pt[BWD_MAIN]["registers"]) for c in bwd]:
             parts = []
             for a in archs:
                 k = c["arch"][a]["kernel"]
                 per = "/".join(f"{fmt_num(lp['per_tile']['total'])}" for lp in k.get("loops", []) if "per_tile" in lp)
-                parts.append(f"{a} {c['arch'][a]['ptxas']['registers']} regs, {per} instr/tile")
-            bound = "; ".join(f"{d}: {m['bound_tflops']:.0f} TF ({m['binding']})" for d, m in c["model"].items())
-            status = "PASS" if not c["check_errors"] else "FAIL"
-            bad += bool(c["check_errors"])
-            print(f"{status} {c['name']:<24} " + "; ".join(parts) + (f" | {bound}" if bound else "") +
-                  ("" if not c["check_errors"] else "\n    " + "\n    ".join(c["check_errors"])))
-        for c in bwd:
-            parts = []
-            for a in archs:
-                k = c["arch"][a]["kernel"]
-                per = "/".join(f"{fmt_num(lp['per_tile']['total'])}" for lp in k.get("loops", []) if "per_tile" in lp)
-                parts.append(f"{a} {c['arch'][a]['ptxas'][BWD_MAIN]['registers']} regs, {per or '?'} instr/tile")
+                parts.append(f"{a} {regs_of(c['arch'][a]['ptxas'])} regs, {per or '?'} instr/tile")
             bound = "; ".join(f"{d}: {m['bound_tflops']:.0f} TF ({m['binding']})" for d, m in c["model"].items())
             status = "PASS" if not c["check_errors"] else "FAIL"
             bad += bool(c["check_errors"])

@@ -101,13 +101,8 @@ void naive_lowp_backward(Problem<Elem>& pr) {
   std::vector<float> dgam(std::size_t(dv), 0.f), dbet(std::size_t(dv), 0.f), dlam(std::size_t(H), 0.f);
   for (i64 b = 0; b < B; ++b)
     for (i64 h = 0; h < H; ++h) {
-      const i64 g = h / rep, lo = s.per_head ? h * d : 0;
-      float dot1 = 0, dot2 = 0;
-      for (i64 x = 0; x < d; ++x) {
-        dot1 += pr.lq1[lo + x] * pr.lk1[lo + x];
-        dot2 += pr.lq2[lo + x] * pr.lk2[lo + x];
-      }
-      const float lambda_v1 = std::exp(dot1) - std::exp(dot2) + float(s.lambda_init);
+      const i64 g = h / rep;
+      const float lambda_v1 = naive_lambda_terms(pr, h).value(float(s.lambda_init));
       for (i64 i = 0; i < N; ++i) {
         const i64 row = (b * H + h) * N + i;
         const float lambda = s.v2 ? 1.f / (1.f + std::exp(-pr.logits[(b * N + i) * H + h])) : lambda_v1;
@@ -190,12 +185,8 @@ void naive_lowp_backward(Problem<Elem>& pr) {
       for (i64 h = 0; h < H; ++h)
         if (!s.per_head || h == set) dl += dlam[h];
       const i64 lo = set * d;
-      float dot1 = 0, dot2 = 0;
-      for (i64 x = 0; x < d; ++x) {
-        dot1 += pr.lq1[lo + x] * pr.lk1[lo + x];
-        dot2 += pr.lq2[lo + x] * pr.lk2[lo + x];
-      }
-      const float e1 = std::exp(dot1), e2 = std::exp(dot2);
+      const da::LambdaTerms<float> lt = naive_lambda_terms(pr, set);  // set: the head, for per-head sets
+      const float e1 = lt.e1, e2 = lt.e2;
       for (i64 x = 0; x < d; ++x) {
         pr.dlq1[lo + x] = dl * e1 * pr.lk1[lo + x];
         pr.dlk1[lo + x] = dl * e1 * pr.lq1[lo + x];

@@ -16,6 +16,21 @@ struct NaiveLowp {
   std::vector<double> rstd, mean;  // [B, H, N], the norm's (1 and 0 without one)
 };
 
+/// exp(<lq1, lk1>) and exp(<lq2, lk2>) of V1 head h's lambda set, in fp32 loops.
+template <class Elem>
+da::LambdaTerms<float> naive_lambda_terms(const Problem<Elem>& pr, i64 h) {
+  const i64 d = pr.sh.d, lo = pr.sh.per_head ? h * d : 0;
+  float dot1 = 0, dot2 = 0;
+  for (i64 x = 0; x < d; ++x) {
+    dot1 += pr.lq1[lo + x] * pr.lk1[lo + x];
+    dot2 += pr.lq2[lo + x] * pr.lk2[lo + x];
+  }
+  da::LambdaTerms<float> t;
+  t.e1 = std::exp(dot1);
+  t.e2 = std::exp(dot2);
+  return t;
+}
+
 template <class Elem>
 NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
   const Shape& s = pr.sh;
@@ -31,13 +46,8 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
   for (auto* v : {&res.lse1, &res.lse2, &res.rstd, &res.mean}) v->assign(s.B * H * N, 0.0);
   for (i64 b = 0; b < s.B; ++b)
     for (i64 h = 0; h < H; ++h) {
-      const i64 g = h / rep, lo = s.per_head ? h * d : 0;
-      float dot1 = 0, dot2 = 0;
-      for (i64 x = 0; x < d; ++x) {
-        dot1 += pr.lq1[lo + x] * pr.lk1[lo + x];
-        dot2 += pr.lq2[lo + x] * pr.lk2[lo + x];
-      }
-      const float lambda_v1 = std::exp(dot1) - std::exp(dot2) + float(s.lambda_init);
+      const i64 g = h / rep;
+      const float lambda_v1 = naive_lambda_terms(pr, h).value(float(s.lambda_init));
       for (i64 i = 0; i < N; ++i) {
         const float lambda = s.v2 ? 1.f / (1.f + std::exp(-pr.logits[(b * N + i) * H + h])) : lambda_v1;
         int lexp = 0;

@@ -213,18 +213,13 @@ BackwardPlan make_backward_plan(const Params& p, bool deterministic, int sm_coun
   pl.nkb = (p.seqlen_k + T::kBlockN - 1) / T::kBlockN;
   pl.atomic_dq = !deterministic;
   if (deterministic) {
-    // about two blocks per SM, each over a run of key blocks with its own dQ buffer
+    // about two blocks per SM, each over a run of key blocks with its own dQ buffer, none empty
+    // (want >= 1; nkb >= 1 since validation requires S >= 1)
     const std::int64_t groups = p.batch * p.kv_heads;
     const std::int64_t want = (2 * static_cast<std::int64_t>(sm_count > 0 ? sm_count : 1) + groups - 1) / groups;
-    pl.nsplit = want < 1 ? 1 : (want > pl.nkb ? pl.nkb : want);
-    if (pl.nsplit < 1) pl.nsplit = 1;
-    pl.kb_per_split = (pl.nkb + pl.nsplit - 1) / pl.nsplit;
-    if (pl.kb_per_split < 1) pl.kb_per_split = 1;
+    const std::int64_t splits = want < pl.nkb ? want : pl.nkb;
+    pl.kb_per_split = (pl.nkb + splits - 1) / splits;
     pl.nsplit = (pl.nkb + pl.kb_per_split - 1) / pl.kb_per_split;
-    if (pl.nsplit < 1) pl.nsplit = 1;
-  } else {
-    pl.nsplit = 1;
-    pl.kb_per_split = 1;
   }
   pl.nblk1 = p.batch * p.heads * (pl.npad / T::kBlockM);
   auto align = [](std::size_t n) { return (n + 255) / 256 * 256; };
