@@ -144,8 +144,21 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
          for (i64 x = 3 * p.head_dim; x < 4 * p.head_dim; ++x) pr.lq2[x] = pr.lk2[x] = std::sqrt(90.0f / 8);
          p.lambda = {pr.lq1.data(), pr.lk1.data(), pr.lq2.data(), pr.lk2.data(), true, 0.2};
        }},
+      // before: accepted, and the fp32 norm of A = O_1 - lambda O_2 overflowed (inf/NaN out;
+      // the two-pass CUDA scale of P became inf at |lambda| >= 2^127)
+      {"lambda: e^60 past 2^40", "|lambda| must be at most 2^40", INV,
+       [](da::Params&, Problem<float>& pr, auto&) {
+         for (float& x : pr.lq1) x = std::sqrt(60.0f / 8);
+         for (float& x : pr.lk1) x = std::sqrt(60.0f / 8);
+       }},
+      {"lambda: -e^30 (head 2) past -2^40", "(head 2): |lambda| must be", INV,
+       [](da::Params& p, Problem<float>& pr, auto&) {
+         pr.lq1.assign(p.heads * p.head_dim, 0.1f); pr.lk1 = pr.lq1; pr.lq2 = pr.lq1; pr.lk2 = pr.lq1;
+         for (i64 x = 2 * p.head_dim; x < 3 * p.head_dim; ++x) pr.lq2[x] = pr.lk2[x] = std::sqrt(30.0f / 8);
+         p.lambda = {pr.lq1.data(), pr.lk1.data(), pr.lq2.data(), pr.lk2.data(), true, 0.2};
+       }},
       // before: a fully masked row (A = 0) gave 0 * 1/sqrt(eps) = 0 * inf = NaN in fp32
-      {"eps below 1e-30", "norm.eps must be finite and >= 1e-30", INV, [](da::Params& p, auto&, auto&) { p.norm.eps = 1e-80; }},
+      {"eps below 1e-30", "norm.eps must be finite and >= 1e-30 (got 1e-80", INV, [](da::Params& p, auto&, auto&) { p.norm.eps = 1e-80; }},
   };
   CHECK(cases.size() >= 25);
   for (const Case& c : cases) {
@@ -178,7 +191,7 @@ TEST_CASE("validate: lambda is checked in the math of the element type (fp32, or
   Shape s;
   s.N = 5; s.S = 7; s.d = 8;
   Problem<double> pd(s, 3);
-  for (double& x : pd.lq1) x = std::sqrt(100.0 / 8);  // <lq1, lk1> = 100: finite in double
+  for (double& x : pd.lq1) x = std::sqrt(100.0 / 8);  // <lq1, lk1> = 100: finite in double, lambda e^100 < 2^488
   for (double& x : pd.lk1) x = std::sqrt(100.0 / 8);
   da::Params p = pd.params();
   CHECK(da::validate(p, da::reference::caps()).ok());
@@ -190,9 +203,14 @@ TEST_CASE("validate: lambda is checked in the math of the element type (fp32, or
   CHECK(st.code() == da::StatusCode::invalid_argument);
   CHECK(st.message().find("overflows double") != std::string::npos);
   Problem<float> pf(s, 3);
-  for (float& x : pf.lq1) x = std::sqrt(80.0f / 8);  // 80: below fp32's 88.72, accepted
+  for (float& x : pf.lq1) x = std::sqrt(80.0f / 8);  // 80: below fp32's 88.72, but lambda = e^80 > 2^40
   for (float& x : pf.lk1) x = std::sqrt(80.0f / 8);
   da::Params q = pf.params();
+  const da::Status sq = da::validate(q, da::reference::caps());
+  CHECK(sq.code() == da::StatusCode::invalid_argument);
+  CHECK_MESSAGE(sq.message().find("|lambda| must be at most 2^40") != std::string::npos, sq.message());
+  for (float& x : pf.lq1) x = std::sqrt(27.5f / 8);  // lambda = e^27.5 + 0.2 - 1 = 8.8e11 < 2^40: accepted
+  for (float& x : pf.lk1) x = std::sqrt(27.5f / 8);
   CHECK(da::validate(q, da::reference::caps()).ok());
   p.norm.eps = q.norm.eps = 1e-30;  // the smallest eps accepted
   CHECK(da::validate(q, da::reference::caps()).ok());
@@ -317,7 +335,7 @@ TEST_CASE("validate: the overlap test never misses a real overlap (brute force, 
   // rule for equal strides must accept the interleaved cases it is meant to accept.
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> st(0, 12), off(0, 40), ch(1, 4);
-  int accepted_interleaved = 0;
+  int accepted_interleaved = 0, exact = 0;
   for (int trial = 0; trial < 20000; ++trial) {
     namespace dd = da::detail;
     dd::Layout a, b;
@@ -346,8 +364,15 @@ TEST_CASE("validate: the overlap test never misses a real overlap (brute force, 
     each(b, [&](std::uintptr_t x) { truth = truth || ea.count(x) > 0; });
     const bool claim = dd::may_overlap(a, b);
     if (truth) REQUIRE_MESSAGE(claim, "missed an overlap at trial " << trial);
+    // equal nested strides: the rule is exact (no false alarm either)
+    if (same && dd::non_self_overlapping(a, /*strict=*/true)) {
+      REQUIRE_MESSAGE(claim == truth, "a false overlap for equal nested layouts at trial " << trial);
+      ++exact;
+    }
     if (!truth && claim == false && a.hi > b.lo && b.hi > a.lo) ++accepted_interleaved;
   }
-  // the exact rule is exercised, not just the byte ranges (54 of 20000 trials with this seed)
+  // the exact rule is exercised, not just the byte ranges
+  MESSAGE(exact << " exact cases, " << accepted_interleaved << " interleaved pairs accepted");
+  CHECK(exact > 1000);
   CHECK(accepted_interleaved > 20);
 }

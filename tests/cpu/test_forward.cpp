@@ -190,6 +190,13 @@ TEST_CASE("cpu forward: norms, per-head lambda, split BHSD layout, windows") {
   s.wl = -1; s.wr = 7;  // unbounded on the left
   s.N = 200; s.S = 70;  // rows past the keys: fully masked
   run_case<float>(s, ++seed);
+  // lambda = e^27.5 = 8.8e11, just below validation's bound 2^40: the fp32 norm stays finite
+  s = shape(70, 90, 2, 1, 64, da::MaskKind::causal);
+  s.lambda_dot1 = 27.5;
+  run_case<float>(s, ++seed);
+  run_case<da::half>(s, ++seed);
+  s.norm = da::NormKind::group; s.beta = true;
+  run_case<da::bfloat16>(s, ++seed);
 }
 
 TEST_CASE("cpu forward: DIFF V2, every element type, masks, GQA, head dims") {

@@ -56,6 +56,14 @@ namespace detail {
 /// rstd is exactly 1/sqrt(eps): 0 * inf would be NaN).
 inline constexpr double kMinNormEps = 1e-30;
 
+/// A value for an error message: 6 significant digits, exponent form when small or large (1e-80,
+/// not std::to_string's "0.000000").
+inline std::string fmt_g(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
 inline bool mul_ok(std::int64_t a, std::int64_t b, std::int64_t* r) {
   return !__builtin_mul_overflow(a, b, r);
 }
@@ -100,27 +108,34 @@ inline Status extent(Layout& L) {
   return Status::Ok();
 }
 
-/// Dims of size > 1 sorted by stride; true if no two elements share an address: each stride is
-/// at least the extent (size - 1) * stride + inner of everything inside it. With `strict`, each
-/// stride must instead cover size * stride of the dim inside (the form may_overlap's exact rule
-/// needs: then distinct lattice points differ by at least the smallest stride). Also returns
-/// the smallest stride of a dim of size > 1.
-inline bool non_self_overlapping(const Layout& L, std::int64_t* min_stride, bool strict = false) {
-  std::int64_t st[3], sz[3];
+/// The dims of size > 1 of a layout, sorted by stride (smallest first).
+struct SortedDims {
   int n = 0;
+  std::int64_t stride[3], size[3];
+};
+inline SortedDims sorted_dims(const Layout& L) {
+  SortedDims d;
   for (int k = 0; k < 3; ++k)
-    if (L.size[k] > 1) { st[n] = L.stride[k]; sz[n] = L.size[k]; ++n; }
-  for (int a = 0; a < n; ++a)  // tiny insertion sort by stride
-    for (int b = a + 1; b < n; ++b)
-      if (st[b] < st[a]) { std::swap(st[a], st[b]); std::swap(sz[a], sz[b]); }
+    if (L.size[k] > 1) { d.stride[d.n] = L.stride[k]; d.size[d.n] = L.size[k]; ++d.n; }
+  for (int a = 0; a < d.n; ++a)  // tiny insertion sort by stride
+    for (int b = a + 1; b < d.n; ++b)
+      if (d.stride[b] < d.stride[a]) { std::swap(d.stride[a], d.stride[b]); std::swap(d.size[a], d.size[b]); }
+  return d;
+}
+
+/// True if no two elements share an address: each stride (dims of size > 1 sorted by stride) is
+/// at least the extent (size - 1) * stride + inner of everything inside it. With `strict`, each
+/// stride must instead cover size * stride of the dim inside (the nesting may_overlap's exact
+/// rule needs: then everything inside a dim spans less than its stride).
+inline bool non_self_overlapping(const Layout& L, bool strict = false) {
+  const SortedDims d = sorted_dims(L);
   std::int64_t inner = L.channels;  // extent (in elements) of everything inside this dim
-  *min_stride = n > 0 ? st[0] : INT64_MAX;
-  for (int a = 0; a < n; ++a) {
-    if (st[a] < inner) return false;
+  for (int a = 0; a < d.n; ++a) {
+    if (d.stride[a] < inner) return false;
     std::int64_t t;
     if (strict) {
-      if (!mul_ok(st[a], sz[a], &t)) return true;  // extent beyond int64: checked by extent()
-    } else if (!mul_ok(st[a], sz[a] - 1, &t) || !add_ok(t, inner, &t)) {
+      if (!mul_ok(d.stride[a], d.size[a], &t)) return true;  // extent beyond int64: checked by extent()
+    } else if (!mul_ok(d.stride[a], d.size[a] - 1, &t) || !add_ok(t, inner, &t)) {
       return true;
     }
     inner = t;
@@ -128,10 +143,24 @@ inline bool non_self_overlapping(const Layout& L, std::int64_t* min_stride, bool
   return true;
 }
 
-/// True if the two tensors may share a byte. Exact for the common case of equal shapes and
-/// strides (e.g. dq1 and dq2 interleaved in the official layout: disjoint when the offset
-/// between them is at least `channels` and at most min_stride - channels); conservative
-/// (byte ranges intersect) otherwise.
+/// True if r = sum over dims k <= top of j_k stride_k + e with |j_k| < size_k and |e| < channels:
+/// r is the difference of two element offsets of one strictly nested layout. Everything inside
+/// dim k spans less than stride_k, so at most two j_k are possible at each level: r / stride_k
+/// rounded either way (three candidates are tried, the recursion is 3 levels at most).
+inline bool is_offset_difference(std::int64_t r, const SortedDims& d, int top, std::int64_t channels) {
+  if (top < 0) return r > -channels && r < channels;
+  const std::int64_t j0 = r / d.stride[top];
+  for (std::int64_t j = j0 - 1; j <= j0 + 1; ++j) {
+    if (j <= -d.size[top] || j >= d.size[top]) continue;
+    if (is_offset_difference(r - j * d.stride[top], d, top - 1, channels)) return true;
+  }
+  return false;
+}
+
+/// True if the two tensors may share a byte. Exact when both have the same shape and strides
+/// and the strides nest (each covers the dims inside it): the official layout's dq1 and dq2
+/// (interleaved, d apart) and the DiffLlama layout's (the two halves of the head axis, H d
+/// apart) are disjoint. Conservative (byte ranges intersect) otherwise.
 inline bool may_overlap(const Layout& a, const Layout& b) {
   if (a.hi <= b.lo || b.hi <= a.lo) return false;
   bool same = a.elem == b.elem && a.channels == b.channels;
@@ -140,10 +169,9 @@ inline bool may_overlap(const Layout& a, const Layout& b) {
   if (!same) return true;
   const std::int64_t delta_bytes = static_cast<std::int64_t>(b.addr) - static_cast<std::int64_t>(a.addr);
   if (delta_bytes % a.elem != 0) return true;
-  const std::int64_t delta = delta_bytes < 0 ? -delta_bytes / a.elem : delta_bytes / a.elem;
-  std::int64_t min_stride;
-  if (!non_self_overlapping(a, &min_stride, /*strict=*/true)) return true;
-  return !(delta >= a.channels && delta <= min_stride - a.channels);
+  if (!non_self_overlapping(a, /*strict=*/true)) return true;
+  const SortedDims d = sorted_dims(a);
+  return is_offset_difference(delta_bytes / a.elem, d, d.n - 1, a.channels);
 }
 
 inline Status check_layouts(std::vector<Layout>& all) {
@@ -152,8 +180,7 @@ inline Status check_layouts(std::vector<Layout>& all) {
     if (!s.ok()) return s;
   }
   for (const Layout& L : all) {
-    std::int64_t ms;
-    if (L.output && !non_self_overlapping(L, &ms)) {
+    if (L.output && !non_self_overlapping(L)) {
       return Status::Invalid(std::string(L.name) +
                              ": strides make elements of this output overlap each other");
     }
@@ -358,7 +385,7 @@ inline Status validate_common(const Params& p, const BackendCaps& caps, bool wit
     return bad("norm.kind is unset: NormKind::rms (official; gamma null for no weight, as DiffLlama), "
                "NormKind::group or NormKind::none");
   if (nm.kind != NormKind::none && !(nm.eps >= kMinNormEps && std::isfinite(nm.eps)))
-    return bad("norm.eps must be finite and >= 1e-30 (got " + std::to_string(nm.eps) +
+    return bad("norm.eps must be finite and >= 1e-30 (got " + fmt_g(nm.eps) +
                "; below about 1e-77, 1/sqrt(eps) overflows fp32 and a fully masked row would be NaN)");
   if ((nm.kind == NormKind::none || nm.kind == NormKind::unset) && (nm.gamma || nm.beta))
     return bad("norm.gamma/norm.beta are set but norm.kind is none");
@@ -450,17 +477,25 @@ inline Status check_side_values(const Params& p, const BackendCaps& caps) {
     }
     for (int c = 0; c < 2; ++c) {
       if (dot[c] > max_exp_arg) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, "%.6g", dot[c]);
-        return Status::Invalid(std::string("lambda: <") + lnames[2 * c] + ", " + lnames[2 * c + 1] + "> = " + buf +
+        return Status::Invalid(std::string("lambda: <") + lnames[2 * c] + ", " + lnames[2 * c + 1] + "> = " + fmt_g(dot[c]) +
                                (l.per_head ? " (head " + std::to_string(h) + ")" : std::string()) +
                                ": its exp overflows " + (dbl ? "double" : "fp32") + " (the dot products must be below " +
                                (dbl ? "709.78" : "88.72") + ")");
       }
     }
-    if (!(std::fabs(std::exp(dot[0]) - std::exp(dot[1]) + l.lambda_init) <= big))
-      return Status::Invalid("lambda: exp(<lq1, lk1>) - exp(<lq2, lk2>) + lambda_init overflows " +
-                             std::string(dbl ? "double" : "fp32"));
+    // |lambda| <= 2^40 (fp32) or 2^488 (double): then the sum of A^2 over the 2 d channels of a
+    // row of A = O_1 - lambda O_2 stays finite for every |V| <= 65504 (f16's largest value; O_c
+    // are averages of V rows) and head_dim <= 1024 (the most any backend takes): |A| < 2^41 2^16,
+    // so the sum is below 2^11 2^114 = 2^125 < 2^128 (2^1021 < 2^1024 for double). Past that bound the fp32 norm overflowed to inf/NaN (and the two-pass CUDA
+    // form's power-of-two scale of P_1 - lambda P_2 reached 2^128 = inf at |lambda| >= 2^127).
+    const double lam = std::exp(dot[0]) - std::exp(dot[1]) + l.lambda_init;
+    const double lam_max = dbl ? 0x1p488 : 0x1p40;
+    if (!(std::fabs(lam) <= lam_max)) {
+      return Status::Invalid(std::string("lambda = exp(<lq1, lk1>) - exp(<lq2, lk2>) + lambda_init = ") + fmt_g(lam) +
+                             (l.per_head ? " (head " + std::to_string(h) + ")" : std::string()) +
+                             ": |lambda| must be at most " + (dbl ? "2^488" : "2^40 (1.1e12)") +
+                             ", beyond which the norm of A = O_1 - lambda O_2 can overflow " + (dbl ? "double" : "fp32"));
+    }
   }
   const NormParams& nm = p.norm;
   if (nm.gamma && has_nan_or_inf(nm.gamma, 2 * d, dbl)) return Status::Invalid("norm.gamma contains NaN or infinity");

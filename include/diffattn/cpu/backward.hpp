@@ -527,14 +527,13 @@ inline std::size_t backward_workspace_bytes(const BackwardParams& bp, const Opti
 /// The fused CPU backward. Validates first (validate(bp, cpu::backward_caps()): the saved
 /// tensors lse1, lse2, attn, o2, and rstd / mean where the norm has them, are required; then
 /// detail::check_saved_rows recomputes two rows' LSEs and A to catch saved tensors of another
-/// call); on error returns that status and writes nothing. Also rejects num_threads < 0, a caller scratch
+/// call); on error returns that status and writes nothing. Also rejects num_threads outside [0, kMaxThreads], a caller scratch
 /// smaller than backward_workspace_bytes(bp, o), and an ISA path this CPU cannot run. Writes
 /// every gradient of bp.grad (overwritten, never accumulated into).
 inline Status backward(const BackwardParams& bp, const Options& o = {}) {
   Status s = validate(bp, backward_caps());
   if (!s.ok()) return s;
-  if (o.num_threads < 0)
-    return Status::Invalid("options.num_threads must be >= 0 (0: hardware concurrency)");
+  if (!(s = detail::check_options(o)).ok()) return s;
   Isa isa = Isa::none;
   const Status si = select_isa(o.isa, &isa);
   if (!si.ok()) return si;
@@ -549,12 +548,7 @@ inline Status backward(const BackwardParams& bp, const Options& o = {}) {
                            " bytes given, cpu::backward_workspace_bytes() says " + std::to_string(pl.total) +
                            " are needed");
   std::optional<detail::PooledWorkspace> lent;
-  try {
-    if (o.scratch == nullptr) lent.emplace(detail::ThreadPool::instance(), pl.total);
-  } catch (const std::bad_alloc&) {
-    return Status::Unsupported("cpu::backward: cannot allocate its " + std::to_string(pl.total) +
-                               "-byte workspace (pass options.scratch)");
-  }
+  if (!(s = detail::lend_workspace(o, pl.total, "cpu::backward", lent)).ok()) return s;
   void* ws = o.scratch != nullptr ? o.scratch : lent->get();
   switch (bp.fwd.dtype) {
     case DType::f16: detail::run_backward<half>(bp, pl, kern, ws); break;

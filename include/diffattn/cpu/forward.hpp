@@ -56,6 +56,7 @@ namespace cpu {
 struct Options {
   /// Threads to run on; 0: std::thread::hardware_concurrency(). Results are bitwise
   /// reproducible for a fixed value.
+  /// At most kMaxThreads.
   int num_threads = 0;
   /// Optional caller workspace of at least workspace_bytes(params, options) bytes (any
   /// alignment). nullptr: a workspace owned by the library's thread pool, kept between calls.
@@ -67,6 +68,31 @@ struct Options {
   /// error (unsupported), not a fallback.
   Isa isa = Isa::automatic;
 };
+
+/// The largest Options::num_threads accepted.
+inline constexpr int kMaxThreads = 4096;
+
+namespace detail {
+/// The checks of Options shared by cpu::forward and cpu::backward that need no problem.
+inline Status check_options(const Options& o) {
+  if (o.num_threads < 0 || o.num_threads > kMaxThreads)
+    return Status::Invalid("options.num_threads = " + std::to_string(o.num_threads) + ": must be in [0, " +
+                           std::to_string(kMaxThreads) + "] (0: hardware concurrency)");
+  return Status::Ok();
+}
+/// Borrows `bytes` of workspace from the pool into `lent` unless the caller brought scratch.
+inline Status lend_workspace(const Options& o, std::size_t bytes, const char* entry,
+                             std::optional<PooledWorkspace>& lent) {
+  if (o.scratch != nullptr) return Status::Ok();
+  try {
+    lent.emplace(ThreadPool::instance(), bytes);
+  } catch (const std::bad_alloc&) {
+    return Status::Unsupported(std::string(entry) + ": cannot allocate its " + std::to_string(bytes) +
+                               "-byte workspace (pass options.scratch)");
+  }
+  return Status::Ok();
+}
+}  // namespace detail
 
 /// What the CPU backend accepts: f32, f16 and bf16 elements, any head dim up to 256.
 inline BackendCaps caps() {
@@ -211,13 +237,12 @@ inline bool bf16_uses_amx(std::int64_t d, const Options& o = {}) {
 }
 
 /// The tiled CPU forward. Validates first (validate(p, cpu::caps())); on error returns that
-/// status and writes nothing. Also rejects num_threads < 0, a caller scratch smaller than
+/// status and writes nothing. Also rejects num_threads outside [0, kMaxThreads], a caller scratch smaller than
 /// workspace_bytes(p, o), and an ISA path (options.isa or DIFFATTN_CPU_ISA) this CPU cannot run. Writes out and every extra requested in p.extras.
 inline Status forward(const Params& p, const Options& o = {}) {
   Status s = validate(p, caps());
   if (!s.ok()) return s;
-  if (o.num_threads < 0)
-    return Status::Invalid("options.num_threads must be >= 0 (0: hardware concurrency)");
+  if (!(s = detail::check_options(o)).ok()) return s;
   Isa isa = Isa::none;
   const Status si = select_isa(o.isa, &isa);
   if (!si.ok()) return si;
@@ -227,9 +252,8 @@ inline Status forward(const Params& p, const Options& o = {}) {
     return Status::Invalid("options.scratch: " + std::to_string(o.scratch_bytes) +
                            " bytes given, cpu::workspace_bytes() says " + std::to_string(pl.bytes()) +
                            " are needed");
-  detail::ThreadPool& pool = detail::ThreadPool::instance();
   std::optional<detail::PooledWorkspace> lent;  // concurrent calls each get their own
-  if (o.scratch == nullptr) lent.emplace(pool, pl.bytes());
+  if (!(s = detail::lend_workspace(o, pl.bytes(), "cpu::forward", lent)).ok()) return s;
   void* ws = o.scratch != nullptr ? o.scratch : lent->get();
   switch (p.dtype) {
     case DType::f16: detail::run_typed<half>(p, pl, kern, ws); break;

@@ -22,6 +22,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -60,7 +63,17 @@ class ThreadPool {
     {
       std::lock_guard<std::mutex> g(m_);
       grow_locked(n - 1);
-      for (int t = 1; t < n; ++t) queue_.push_back({&job, t});
+      const std::size_t before = queue_.size();
+      try {
+        for (int t = 1; t < n; ++t) queue_.push_back({&job, t});
+      } catch (const std::bad_alloc&) {  // no room to queue: take the tasks back, run them all here
+        queue_.resize(before);
+        job.pending = 0;
+      }
+    }
+    if (job.pending == 0) {
+      for (int t = 0; t < n; ++t) fn(t);
+      return;
     }
     cv_.notify_all();
     fn(0);
@@ -139,8 +152,15 @@ class ThreadPool {
 
   ThreadPool() = default;
 
+  // Starts workers up to n. Where the system will not start more (std::system_error from
+  // std::thread: a thread or address-space limit) the pool keeps the workers it has: run()'s
+  // caller executes every task no worker takes, so the result is the same, only slower.
   void grow_locked(int n) {
-    while (static_cast<int>(workers_.size()) < n) workers_.emplace_back([this] { loop(); });
+    try {
+      while (static_cast<int>(workers_.size()) < n) workers_.emplace_back([this] { loop(); });
+    } catch (const std::system_error&) {
+    } catch (const std::bad_alloc&) {
+    }
   }
 
   void execute(const Task& t) {
