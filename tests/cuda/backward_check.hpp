@@ -127,6 +127,35 @@ struct CudaBackwardCases {
     run_bwd(bshape(48, 80, 2, 1, da::MaskKind::none, true), 5410 + kD, false, /*cuda_forward=*/true);
   }
 
+  // DiffLlama's layout (make_diffllama_params, gradients laid out as q, k and v): from the same
+  // saved tensors, in the deterministic mode, every gradient has the official layout's bits (the
+  // kernels take any strides; only the addresses differ)
+  void diffllama() const {
+    std::uint64_t seed = 5600 + kD;
+    for (i64 hkv : {1, 2}) {
+      Shape s = bshape(40, 72, 4, hkv, da::MaskKind::causal);
+      s.gamma = false;  // DiffLlama's RMSNorm has no weight
+      if (hkv == 2) { s.norm = da::NormKind::group; s.gamma = true; s.beta = true; s.per_head = true; }
+      INFO(s.str());
+      Problem<Elem> pr(s, ++seed);
+      DiffLlamaCopy<Elem> dl(pr);
+      da::Params pf = pr.params();
+      REQUIRE(da::reference::forward<float>(pf).ok());
+      da::BackwardParams bo = pr.backward_params();
+      bo.saved = da::saved_from(pf.extras);
+      bo.deterministic = true;
+      const da::Status so = run.backward(bo);
+      REQUIRE_MESSAGE(so.ok(), so.to_string());
+      for (const auto& [name, g] : grads(pr))
+        for (double x : g) REQUIRE_MESSAGE(std::isfinite(x), name);
+      da::BackwardParams bd = dl.backward_params(bo.saved);
+      bd.deterministic = true;
+      const da::Status sd = run.backward(bd);
+      REQUIRE_MESSAGE(sd.ok(), sd.to_string());
+      CHECK(dl.same_gradients_as_official());
+    }
+  }
+
   // causal with N > S: rows i < N - S see no key: dq 0 there, nothing NaN
   void fully_masked() const {
     const Shape s = bshape(70, 20, 2, 1, da::MaskKind::causal);

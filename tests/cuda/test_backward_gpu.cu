@@ -74,6 +74,7 @@ void each(bool small) {
       c.v2();
       c.chain();
       c.fully_masked();
+      c.diffllama();
     }
   }
 }

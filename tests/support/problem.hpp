@@ -390,9 +390,14 @@ namespace dt {
 /// half), with its own poisoned out [B, N, H, 2d], and params through make_diffllama_params.
 template <class Elem>
 struct DiffLlamaCopy {
+  using P = typename Problem<Elem>::P;
   std::vector<Elem> q, k, v, out;
+  // gradients in DiffLlama's layout (dq as q, dk and dv as k and v), poisoned
+  std::vector<Elem> dq, dk, dv;
+  std::vector<P> dlq1, dlk1, dlq2, dlk2, dgamma, dbeta;
   da::Params p;
-  explicit DiffLlamaCopy(Problem<Elem>& pr) {
+  Problem<Elem>& of;
+  explicit DiffLlamaCopy(Problem<Elem>& pr) : of(pr) {
     const Shape& s = pr.sh;
     REQUIRE(!pr.split);
     REQUIRE(!s.v2);
@@ -419,6 +424,67 @@ struct DiffLlamaCopy {
     p.lambda = official.lambda;
     p.norm = official.norm;
     p.softmax_scale = official.softmax_scale;
+  }
+
+  /// The backward of these params: the official Problem's dout (out's layout is the same in
+  /// both), `saved` as given, gradients into this copy's poisoned buffers in DiffLlama's layout.
+  da::BackwardParams backward_params(const da::SavedTensors& saved) {
+    const Shape& s = of.sh;
+    const i64 N = s.N, S = s.S, H = s.H, G = s.Hkv, d = s.d;
+    dq.assign(q.size(), poison<Elem>());
+    dk.assign(k.size(), poison<Elem>());
+    dv.assign(v.size(), poison<Elem>());
+    const P pn = std::numeric_limits<P>::quiet_NaN();
+    for (auto* t : {&dlq1, &dlk1, &dlq2, &dlk2}) t->assign(of.dlq1.size(), pn);
+    dgamma.assign(2 * d, pn);
+    dbeta.assign(2 * d, pn);
+    da::BackwardParams bp;
+    bp.fwd = p;
+    bp.fwd.out = {};
+    bp.fwd.extras = {};
+    bp.dout = da::bshd(of.dout.data(), N, H, 2 * d);
+    bp.saved = saved;
+    bp.grad.dq1 = {dq.data(), N * 2 * H * d, 2 * H * d, d};
+    bp.grad.dq2 = {dq.data() + H * d, N * 2 * H * d, 2 * H * d, d};
+    bp.grad.dk1 = {dk.data(), S * 2 * G * d, 2 * G * d, d};
+    bp.grad.dk2 = {dk.data() + G * d, S * 2 * G * d, 2 * G * d, d};
+    bp.grad.dv_lo = {dv.data(), S * 2 * G * d, 2 * G * d, d};
+    bp.grad.dv_hi = {dv.data() + G * d, S * 2 * G * d, 2 * G * d, d};
+    bp.grad.dlq1 = dlq1.data(); bp.grad.dlk1 = dlk1.data();
+    bp.grad.dlq2 = dlq2.data(); bp.grad.dlk2 = dlk2.data();
+    bp.grad.dgamma = p.norm.gamma ? dgamma.data() : nullptr;
+    bp.grad.dbeta = p.norm.beta ? dbeta.data() : nullptr;
+    return bp;
+  }
+
+  /// True if every gradient here has the bits of the official Problem's (after its backward),
+  /// element by element through the two layouts' index maps.
+  bool same_gradients_as_official() const {
+    const Shape& s = of.sh;
+    const i64 B = s.B, N = s.N, S = s.S, H = s.H, G = s.Hkv, d = s.d;
+    auto eq = [](const auto& x, const auto& y) { return std::memcmp(&x, &y, sizeof x) == 0; };
+    bool same = true;
+    for (i64 b = 0; b < B; ++b)
+      for (i64 i = 0; i < N; ++i)
+        for (i64 h = 0; h < H; ++h)
+          for (int c = 0; c < 2; ++c)
+            for (i64 x = 0; x < d; ++x)
+              same = same && eq(dq[((b * N + i) * 2 * H + c * H + h) * d + x], of.dq[((b * N + i) * 2 * H + 2 * h + c) * d + x]);
+    for (i64 b = 0; b < B; ++b)
+      for (i64 j = 0; j < S; ++j)
+        for (i64 g = 0; g < G; ++g)
+          for (int c = 0; c < 2; ++c)
+            for (i64 x = 0; x < d; ++x) {
+              same = same && eq(dk[((b * S + j) * 2 * G + c * G + g) * d + x], of.dk[((b * S + j) * 2 * G + 2 * g + c) * d + x]);
+              same = same && eq(dv[((b * S + j) * 2 * G + c * G + g) * d + x], of.dv[((b * S + j) * G + g) * 2 * d + c * d + x]);
+            }
+    auto all_eq = [&](const std::vector<P>& x, const std::vector<P>& y) {
+      return x.size() == y.size() && (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(P)) == 0);
+    };
+    same = same && all_eq(dlq1, of.dlq1) && all_eq(dlk1, of.dlk1) && all_eq(dlq2, of.dlq2) && all_eq(dlk2, of.dlk2);
+    if (p.norm.gamma) same = same && all_eq(dgamma, of.dgamma);
+    if (p.norm.beta) same = same && all_eq(dbeta, of.dbeta);
+    return same;
   }
 };
 
