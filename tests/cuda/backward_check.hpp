@@ -33,7 +33,8 @@ struct CudaBackwardCases {
   }
 
   // The forward that saves (reference<float>, or the CUDA forward), then the CUDA backward on pc.
-  da::Status run_cuda_backward(Problem<Elem>& pc, bool deterministic, bool cuda_forward = false) const {
+  da::Status run_cuda_backward(Problem<Elem>& pc, bool deterministic, bool cuda_forward = false,
+                               bool no_o2 = false) const {
     da::Params pf = pc.params();
     if (cuda_forward) {
       const da::Status fs = run.forward(pf);
@@ -43,13 +44,15 @@ struct CudaBackwardCases {
     }
     da::BackwardParams bp = pc.backward_params();
     bp.saved = da::saved_from(pf.extras);
+    if (no_o2) bp.saved.o2 = nullptr;  // the backward recomputes <dA, O_2> from LSE_2
     bp.deterministic = deterministic;
     return run.backward(bp);
   }
 
-  void run_bwd(const Shape& s, std::uint64_t seed, bool split = false, bool cuda_forward = false) const {
+  void run_bwd(const Shape& s, std::uint64_t seed, bool split = false, bool cuda_forward = false,
+               bool no_o2 = false) const {
     INFO(da::dtype_name(da::dtype_of_v<Elem>) << " seed " << seed << " split " << split << " " << s.str()
-         << (cuda_forward ? " (saved by the cuda forward)" : ""));
+         << (cuda_forward ? " (saved by the cuda forward)" : "") << (no_o2 ? " (no saved O_2)" : ""));
     Problem<Elem> naive(s, seed, split);
     Problem<double> ref = widen(naive);
     // the naive backward reads saved tensors in the precision of the forward that saves them
@@ -59,7 +62,7 @@ struct CudaBackwardCases {
       da::Params pf = naive.params();
       REQUIRE(da::reference::forward<float>(pf).ok());
     }
-    naive_lowp_backward(naive);
+    naive_lowp_backward(naive, /*dot_from_lse=*/no_o2);
     {
       da::BackwardParams br = ref.backward_params();
       REQUIRE(da::reference::backward<double>(br).ok());
@@ -68,7 +71,7 @@ struct CudaBackwardCases {
     for (bool det : {false, true}) {
       INFO("deterministic " << det);
       Problem<Elem> pc(s, seed, split);
-      const da::Status st = run_cuda_backward(pc, det, cuda_forward);
+      const da::Status st = run_cuda_backward(pc, det, cuda_forward, no_o2);
       REQUIRE_MESSAGE(st.ok(), st.to_string());
       const Grads got = grads(pc);
       // saved by the 16-bit forward, A and O_2 carry its rounding of P (relative u per term),
@@ -78,7 +81,7 @@ struct CudaBackwardCases {
       check_grads(got, gnaive, gref, u, cuda_forward ? u : 0);
       if (det) {  // bitwise reproducible run to run
         Problem<Elem> again(s, seed, split);
-        REQUIRE(run_cuda_backward(again, true, cuda_forward).ok());
+        REQUIRE(run_cuda_backward(again, true, cuda_forward, no_o2).ok());
         const Grads got2 = grads(again);
         for (std::size_t k = 0; k < got.size(); ++k) {
           INFO(got[k].first);
@@ -156,6 +159,25 @@ struct CudaBackwardCases {
     }
   }
 
+  // without a saved O_2 (saved.o2 null): <dA, O_2> from LSE_2 in BwdO2DotKernel. Awkward sizes
+  // (a dot block of 64 rows past N and npad), every mask, GQA, each norm, V2, both dQ modes, and
+  // the chain from the CUDA forward's own saved tensors
+  void no_o2() const {
+    std::uint64_t seed = 5700 + kD;
+    const std::pair<i64, i64> sizes[] = {{1, 1}, {7, 65}, {65, 7}, {100, 33}, {130, 70}};
+    for (auto [N, S] : sizes)
+      for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal, da::MaskKind::window})
+        run_bwd(bshape(N, S, 2, 1, m), ++seed, false, false, /*no_o2=*/true);
+    Shape s = bshape(50, 90, 4, 2, da::MaskKind::causal);
+    s.norm = da::NormKind::group; s.beta = true; s.per_head = true; s.B = 2;
+    run_bwd(s, ++seed, /*split=*/true, false, true);
+    s.norm = da::NormKind::none;
+    run_bwd(s, ++seed, false, false, true);
+    for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::window})
+      run_bwd(bshape(70, 45, 2, 2, m, true), ++seed, false, false, true);
+    run_bwd(bshape(48, 80, 2, 1, da::MaskKind::causal), ++seed, false, /*cuda_forward=*/true, true);
+  }
+
   // causal with N > S: rows i < N - S see no key: dq 0 there, nothing NaN
   void fully_masked() const {
     const Shape s = bshape(70, 20, 2, 1, da::MaskKind::causal);
@@ -195,8 +217,8 @@ void check_backward_bad_input(const std::function<da::Status(const da::BackwardP
   da::BackwardParams bp = pc.backward_params();
   bp.saved = da::saved_from(pf.extras);
   da::BackwardParams b1 = bp;
-  b1.saved.o2 = nullptr;
-  expect(b1, "saved.o2");
+  b1.saved.lse2 = nullptr;
+  expect(b1, "saved.lse2");
   da::BackwardParams b2 = bp;
   b2.saved.rstd = nullptr;
   expect(b2, "saved.rstd");

@@ -75,6 +75,7 @@ void each(bool small) {
       c.chain();
       c.fully_masked();
       c.diffllama();
+      c.no_o2();
     }
   }
 }

@@ -83,8 +83,10 @@ inline void check_grads(const Grads& got, const Grads& naive, const Grads& ref, 
 /// set_saved_lowp): dA through the norm's backward, the side gradients (lambda vectors, norm
 /// weights, logits) from it, and dq, dk, dv with dA, P_1 - lambda P_2 and dS_c rounded to the
 /// element type before their products, each gradient rounded once at the end.
+/// `dot_from_lse`: <dA, O_2> as a backward without a saved O_2 computes it, the sum over the
+/// visible keys of P_2 times (rounded dA) V^T, instead of from pr.o2.
 template <class Elem>
-void naive_lowp_backward(Problem<Elem>& pr) {
+void naive_lowp_backward(Problem<Elem>& pr, bool dot_from_lse = false) {
   const Shape& s = pr.sh;
   da::BackwardParams bp = pr.backward_params();
   const i64 B = s.B, N = s.N, S = s.S, H = s.H, G = s.Hkv, d = s.d, dv = s.dv(), rep = H / G;
@@ -135,19 +137,27 @@ void naive_lowp_backward(Problem<Elem>& pr) {
         } else {
           da_ = dy;
         }
+        std::vector<float> dar(dv);
+        for (i64 x = 0; x < dv; ++x) dar[x] = rnd(da_[x]);
         float dot = 0, daa = 0;
         for (i64 x = 0; x < dv; ++x) {
-          dot += da_[x] * float(pr.o2[row * dv + x]);
+          if (!dot_from_lse) dot += da_[x] * float(pr.o2[row * dv + x]);
           daa += da_[x] * a[x];
         }
+        if (dot_from_lse)
+          for (i64 j = 0; j < S; ++j) {
+            if (!vis(i, j)) continue;
+            float acc = 0, dp = 0;
+            for (i64 x = 0; x < d; ++x) acc += float(pr.q_at(1, b, i, h, x)) * float(pr.k_at(1, b, j, g, x));
+            for (i64 x = 0; x < dv; ++x) dp += dar[x] * float(pr.v_at(b, j, g, x));
+            dot += std::exp(acc * scale - pr.lse2[row]) * dp;
+          }
         const float D1 = daa + lambda * dot, D2 = -lambda * dot;
         if (s.v2) {
           pr.dlogits[(b * N + i) * H + h] = -dot * lambda * (1 - lambda);
         } else {
           dlam[h] -= dot;
         }
-        std::vector<float> dar(dv);
-        for (i64 x = 0; x < dv; ++x) dar[x] = rnd(da_[x]);
         std::vector<float> dq(std::size_t(2 * d), 0.f);
         for (i64 j = 0; j < S; ++j) {
           if (!vis(i, j)) continue;

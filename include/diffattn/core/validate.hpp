@@ -32,6 +32,7 @@ struct BackendCaps {
   bool host_readable = true;         ///< lambda vectors are host memory: check them for NaN
   std::int64_t max_seqlen = INT64_MAX;  ///< largest N and S the backend's index types allow
   bool backward_needs_saved = false; ///< the backward reads BackwardParams::saved (a fused one)
+  bool backward_o2_optional = false; ///< ... but recomputes what it needs of O_2 when saved.o2 is null
 
   bool accepts_dtype(DType t) const {
     const int i = static_cast<int>(t);
@@ -607,7 +608,7 @@ inline Status validate(const BackwardParams& bp, const BackendCaps& caps = {}) {
     const char* sn[6] = {"saved.lse1", "saved.lse2", "saved.attn", "saved.o2", "saved.rstd", "saved.mean"};
     const void* sp[6] = {sv.lse1, sv.lse2, sv.attn, sv.o2, sv.rstd, sv.mean};
     const char* xn[6] = {"lse1", "lse2", "attn", "o2", "rstd", "mean"};
-    const bool need[6] = {true, true, true, true, nk == NormKind::rms || nk == NormKind::group, nk == NormKind::group};
+    const bool need[6] = {true, true, true, !caps.backward_o2_optional, nk == NormKind::rms || nk == NormKind::group, nk == NormKind::group};
     for (int i = 0; i < 6; ++i) {
       if (sp[i] == nullptr) {
         if (caps.backward_needs_saved && need[i])

@@ -3,7 +3,7 @@
 // it under the simt emulator, cuda/emulated.hpp, which CI does for every shipped
 // configuration). Math: docs/SPEC.md, "Backward".
 //
-// Four kernels on one stream, in this order (BackwardPlan says where their buffers lie):
+// Four kernels (five without a saved O_2) on one stream, in this order (BackwardPlan says where their buffers lie):
 //   1. BwdPrepassKernel, per block of kBlockM query rows of one (b, h): dA through the norm's
 //      backward from dout and the forward's saved A, O_2, rstd (mean); the row statistics
 //      (base-2 LSE_1, LSE_2, D_1 = <dA, A + lambda O_2>, D_2 = -lambda <dA, O_2>, lambda of the
@@ -11,6 +11,8 @@
 //      dlambda, dgamma, dbeta (V2: dlogits of each row directly). Rows past N of the last block
 //      are written as rows that see nothing (LSE = +inf, dA = 0), so that the main kernel's
 //      query tiles need no row bound. It also zeroes the dQ accumulators of its rows.
+//   1b. BwdO2DotKernel, only when saved.o2 is null: <dA, O_2> per row from LSE_2 (the sum of
+//      P_2 dP_1 over the row's keys), added into D_1, D_2, the dlambda partials and V2's dlogits.
 //   2. BwdMainKernel, per (split of the key blocks, b, KV group): for each block of kBlockN keys
 //      of the split (one warp per 16 keys), K_c and V stay in shared memory while every tile of
 //      kBlockM query rows of each head of the group that can see the block streams through
@@ -149,6 +151,21 @@ struct BackwardTraits {
   static constexpr int kPreThreads = 32 * kPreWarps;
   static constexpr int kPrePerLane = (kValueDim + 31) / 32;
   static constexpr int kPartFloats = 1 + 2 * kValueDim;  // dlambda, dgamma[dv], dbeta[dv]
+
+  // O_2-less dot kernel (BwdO2DotKernel): 4 warps of 16 query rows, key tiles of kDotKeys;
+  // shared: Q_2 and dA of the 64 rows (read once into registers), then two stages of K_2 and V.
+  static constexpr int kDotWarps = 4;
+  static constexpr int kDotThreads = 32 * kDotWarps;
+  static constexpr int kDotRows = 16 * kDotWarps;
+  static constexpr int kDotKeys = 64;
+  static constexpr int kDotNTiles = kDotKeys / 8;
+  static constexpr int kDotOffDa = kDotRows * kQStride;
+  static constexpr int kDotOffStage = kDotOffDa + kDotRows * kVStride;
+  static constexpr int kDotStageElems = kDotKeys * (kQStride + kVStride);
+  static constexpr int kDotOffRowDot = kDotOffStage + 2 * kDotStageElems;  // kDotRows floats
+  static constexpr int kDotSmemBytes = kDotOffRowDot * 2 + kDotRows * 4;
+  static_assert(kDotSmemBytes <= 99 * 1024, "dot kernel shared memory above 99 KiB");
+  static_assert(kDotRows % kBlockM == 0, "a dot block covers whole prepass blocks");
 
   // ---- per-tile instruction counts of the main kernel's query-tile loop (see LoopCounts) ------
   // One warp, one tile of kBlockM query rows (LoopCounts::keys holds the rows per tile here).
@@ -325,7 +342,8 @@ struct BwdPrepassKernel {
       const std::uint16_t* dorow = static_cast<const std::uint16_t*>(a.dout.ptr) + b * a.dout.stride_b +
                                    i * a.dout.stride_t + h * a.dout.stride_h;
       const float* arow = a.attn + row * kDv;
-      const float* o2row = a.o2 + row * kDv;
+      // without a saved O_2, <dA, O_2> is 0 here and BwdO2DotKernel adds it from LSE_2
+      const float* o2row = a.o2 != nullptr ? a.o2 + row * kDv : nullptr;
       float dy[kPL], av[kPL], da[kPL];
       DIFFATTN_UNROLL
       for (int j = 0; j < kPL; ++j) {
@@ -371,7 +389,7 @@ struct BwdPrepassKernel {
       for (int j = 0; j < kPL; ++j) {
         const int c = lane + 32 * j;
         if (c < kDv) {
-          dot += da[j] * o2row[c];
+          if (o2row != nullptr) dot += da[j] * o2row[c];
           daa += da[j] * av[j];
           darow[c] = simt::float_to_bits16<F>(da[j]);
         }
@@ -424,6 +442,130 @@ struct BwdPrepassKernel {
       float s = 0.f;
       for (int w = 0; w < T::kPreWarps; ++w) s += sp[w * T::kPartFloats + e];
       part[e] = s;
+    }
+  }
+};
+
+/// 1b. Without a saved O_2 (BackwardParams::saved.o2 null): <dA_i, O_2,i> = sum over the keys j
+/// row i sees of P_2(i, j) dP_1(i, j), with dP_1 = dA V^T, from LSE_2 and the rounded dA of the
+/// prepass (the main kernel's operand), in place of the prepass's dot with O_2. Per block of
+/// kDotRows query rows of one (b, h), after the prepass: S_2 = Q_2 K_2^T and dP_1 = dA V^T per
+/// key tile (Q_2 and dA fragments in registers), the row sums in fp32, reduced over the quad
+/// that shares a row. Then D_1 += lambda dot, D_2 = -lambda dot, V2's dlogits, and each
+/// prepass block's dlambda partial (-sum of its rows' dots, in row order). 6 N S d more FLOPs
+/// than a backward from a saved O_2 (20 N S d): the price of not keeping [B, H, N, dv] fp32.
+/// Grid (ceil(npad / kDotRows), B * H); block kDotThreads; shared kDotSmemBytes.
+template <class Traits>
+struct BwdO2DotKernel {
+  using T = Traits;
+  static constexpr simt::fmt16 F = T::kFmt;
+  using QLoader = detail::TileLoader<T::kDotThreads, T::kDotRows, T::kHeadDim, T::kQStride>;
+  using DaLoader = detail::TileLoader<T::kDotThreads, T::kDotRows, T::kValueDim, T::kVStride>;
+  using KLoader = detail::TileLoader<T::kDotThreads, T::kDotKeys, T::kHeadDim, T::kQStride>;
+  using VLoader = detail::TileLoader<T::kDotThreads, T::kDotKeys, T::kValueDim, T::kVStride, !T::kV2>;
+
+  DIFFATTN_DEVICE void operator()(BackwardArgs a) const {
+    using simt::smem_ptr;
+    const unsigned tid = simt::thread_rank();
+    const unsigned lane = tid & 31u, warp = tid >> 5;
+    const int g = static_cast<int>(lane >> 2), t = static_cast<int>(lane & 3u);
+    const std::int64_t rb = simt::block_idx().x, bh = simt::block_idx().y;
+    const std::int64_t b = bh / a.heads, h = bh % a.heads, kvg = h / a.n_rep;
+    const std::int64_t N = a.seqlen_q, S = a.seqlen_k, npad = a.plan.npad;
+    const std::int64_t m0 = rb * T::kDotRows;
+    const int wrow = static_cast<int>(warp) * 16;
+
+    const smem_ptr<std::uint16_t> smem = simt::shared_memory<std::uint16_t>();
+    const smem_ptr<std::uint16_t> sQ = smem, sDa = smem + T::kDotOffDa;
+    auto sK = [&](int stage) { return smem + (T::kDotOffStage + stage * T::kDotStageElems); };
+    auto sV = [&](int stage) { return smem + (T::kDotOffStage + stage * T::kDotStageElems + T::kDotKeys * T::kQStride); };
+    const smem_ptr<float> sRow = (smem + T::kDotOffRowDot).template cast<float>();
+    auto base = [](const ConstTensorRef& r, std::int64_t bb, std::int64_t hh) {
+      return static_cast<const std::uint16_t*>(r.ptr) + bb * r.stride_b + hh * r.stride_h;
+    };
+
+    // this block's rows (up to npad: rows in [N, npad) are the prepass's padding, which sees nothing)
+    QLoader(base(a.q2, b, h) + m0 * a.q2.stride_t, a.q2.stride_t, tid).load(sQ, N - m0);
+    DaLoader(a.da + (bh * npad + m0) * T::kValueDim, T::kValueDim, tid).load(sDa, npad - m0);
+    simt::cp_async_commit();
+    simt::cp_async_wait<0>();
+    simt::syncthreads();
+    std::uint32_t qf[T::kQKSteps][4], daf[T::kDPSteps][4];
+    detail::load_a_frags<T::kQKSteps>(qf, sQ, T::kQStride, wrow, lane);
+    detail::load_a_frags<T::kDPSteps>(daf, sDa, T::kVStride, wrow, lane);
+
+    // the two rows of this thread: visible keys [kb, ke), base-2 LSE_2 (+inf: sees nothing)
+    std::int64_t kb[2], ke[2];
+    float lse2[2], acc[2] = {0.f, 0.f};
+    DIFFATTN_UNROLL
+    for (int hr = 0; hr < 2; ++hr) {
+      const std::int64_t i = m0 + wrow + g + 8 * hr;
+      const bool real = i < N;
+      kb[hr] = real ? a.mask.key_begin(i) : 0;
+      ke[hr] = real ? a.mask.key_end(i) : 0;
+      lse2[hr] = real ? a.stat[(bh * npad + i) * T::kStat + 1] : INFINITY;
+    }
+    // the keys any row of the block sees (key_begin and key_end are nondecreasing in i)
+    const std::int64_t i_last = m0 + T::kDotRows - 1 < N - 1 ? m0 + T::kDotRows - 1 : N - 1;
+    const std::int64_t k_lo = m0 < N ? a.mask.key_begin(m0) : 0, k_hi = m0 < N ? a.mask.key_end(i_last) : 0;
+    const int tb = static_cast<int>(k_lo / T::kDotKeys);
+    const int te = k_hi > k_lo ? static_cast<int>((k_hi + T::kDotKeys - 1) / T::kDotKeys) : tb;
+
+    KLoader kl(base(a.k2, b, kvg), a.k2.stride_t, tid);
+    VLoader vl(base(a.v_lo, b, kvg), a.v_lo.stride_t, tid, T::kV2 ? nullptr : base(a.v_hi, b, kvg));
+    kl.skip(tb);
+    vl.skip(tb);
+    detail::stream_key_tiles(
+        tb, te,
+        [&](int stage, int nb) {
+          const std::int64_t j0 = static_cast<std::int64_t>(nb) * T::kDotKeys;
+          kl.load(sK(stage), S - j0);
+          vl.load(sV(stage), S - j0);
+        },
+        [&](int stage, int nb) {
+          const std::int64_t j0 = static_cast<std::int64_t>(nb) * T::kDotKeys;
+          float sc[T::kDotNTiles][4], dp[T::kDotNTiles][4];
+          detail::mma_abt<F, T::kQKSteps, T::kDotNTiles>(
+              sc, [&](int kk, std::uint32_t(&out)[4]) { for (int x = 0; x < 4; ++x) out[x] = qf[kk][x]; }, sK(stage),
+              T::kQStride, lane);
+          detail::mma_abt<F, T::kDPSteps, T::kDotNTiles>(
+              dp, [&](int kk, std::uint32_t(&out)[4]) { for (int x = 0; x < 4; ++x) out[x] = daf[kk][x]; }, sV(stage),
+              T::kVStride, lane);
+          DIFFATTN_UNROLL
+          for (int nt = 0; nt < T::kDotNTiles; ++nt)
+            DIFFATTN_UNROLL
+            for (int e = 0; e < 4; ++e) {
+              const int hr = e >> 1;
+              const std::int64_t j = j0 + nt * 8 + 2 * t + (e & 1);
+              const float p2 = simt::exp2_approx(sc[nt][e] * a.scale_log2 - lse2[hr]);
+              if (j >= kb[hr] && j < ke[hr]) acc[hr] += p2 * dp[nt][e];
+            }
+        });
+
+    DIFFATTN_UNROLL
+    for (int hr = 0; hr < 2; ++hr) {
+      acc[hr] = simt::warp_allreduce<4>(acc[hr], simt::op_sum{});
+      if (t == 0) sRow[wrow + g + 8 * hr] = acc[hr];
+    }
+    simt::syncthreads();
+    const int r = static_cast<int>(tid);
+    if (r < T::kDotRows && m0 + r < N) {
+      const std::int64_t i = m0 + r;
+      float* st = a.stat + (bh * npad + i) * T::kStat;
+      const float dot = sRow[r], lam = st[4];
+      st[2] += lam * dot;
+      st[3] = -lam * dot;
+      if (T::kV2)
+        static_cast<float*>(a.dlogits.ptr)[b * a.dlogits.stride_b + i * a.dlogits.stride_t + h * a.dlogits.stride_h] =
+            -dot * lam * (1.f - lam);
+    }
+    // V1: each prepass block's dlambda partial, its rows in order
+    constexpr int kPreBlocks = T::kDotRows / T::kBlockM;
+    if (!T::kV2 && r < kPreBlocks && m0 + r * T::kBlockM < npad) {
+      float sum = 0.f;
+      for (int k = 0; k < T::kBlockM; ++k)
+        if (m0 + r * T::kBlockM + k < N) sum += sRow[r * T::kBlockM + k];
+      a.part[(bh * (npad / T::kBlockM) + m0 / T::kBlockM + r) * T::kPartFloats] = -sum;
     }
   }
 };
@@ -765,6 +907,7 @@ inline BackendCaps backward_caps() {
   BackendCaps c = caps();
   c.name = "cuda";
   c.backward_needs_saved = true;
+  c.backward_o2_optional = true;  // BwdO2DotKernel computes what the prepass reads from it
   int n = 0;
   for (int i = 0; i < 8; ++i) {
     const std::int64_t d = c.head_dims[i];
@@ -832,6 +975,13 @@ Status run_backward_steps(const BackwardParams& bp, const BackwardPlan& pl, void
     const Status s = launch(simt::dim3(static_cast<unsigned>(pl.npad / T::kBlockM), static_cast<unsigned>(p.batch * p.heads)),
                             simt::dim3(T::kPreThreads), static_cast<std::size_t>(T::kPreWarps * T::kPartFloats * 4),
                             BwdPrepassKernel<T>{}, a);
+    if (!s.ok()) return s;
+  }
+  if (a.o2 == nullptr) {
+    const std::int64_t gx = (pl.npad + T::kDotRows - 1) / T::kDotRows;
+    const Status s = launch(simt::dim3(static_cast<unsigned>(gx), static_cast<unsigned>(p.batch * p.heads)),
+                            simt::dim3(T::kDotThreads), static_cast<std::size_t>(T::kDotSmemBytes),
+                            BwdO2DotKernel<T>{}, a);
     if (!s.ok()) return s;
   }
   {
