@@ -60,6 +60,7 @@ class ThreadPool {
       return;
     }
     Job job{&fn, n - 1};
+    bool queued = true;
     {
       std::lock_guard<std::mutex> g(m_);
       grow_locked(n - 1);
@@ -69,9 +70,11 @@ class ThreadPool {
       } catch (const std::bad_alloc&) {  // no room to queue: take the tasks back, run them all here
         queue_.resize(before);
         job.pending = 0;
+        queued = false;
       }
     }
-    if (job.pending == 0) {
+    // (a local: workers update job.pending under the mutex once the tasks are queued)
+    if (!queued) {
       for (int t = 0; t < n; ++t) fn(t);
       return;
     }
