@@ -20,6 +20,10 @@
 #              for machines that cannot apt-get; otherwise missing ones are installed by
 #              scripts/deps.sh
 #   --archive  also write the results folder as a .tar.gz after each part
+#   Environment: DIFFATTN_SANITIZE_TOOLS (default "memcheck racecheck synccheck initcheck"),
+#   DIFFATTN_BENCH_MIN_TIME (seconds per benchmark run; Google Benchmark's default 0.5).
+#   DIFFATTN_SANITIZE_STEP_S (each sanitizer run's limit, default 170 s), DIFFATTN_BENCH_FILTER
+#   (the benchmark's --benchmark_filter regex, in place of --quick's).
 #   --fetch-deps DIR  (on a Debian/Ubuntu machine with network, no GPU needed) downloads the
 #              Debian packages of Eigen, doctest and Google Benchmark and unpacks them into DIR
 #
@@ -267,14 +271,15 @@ part_sanitize() {
   if [ -z "$sanitizer" ]; then note "compute-sanitizer not found (it ships with the CUDA toolkit)"; return $SKIP; fi
   local tool rc=0 log exe name
   local -a extra
-  for exe in "$test_exe" "$bwd_test_exe"; do
-    name="$(basename "$exe")"
-    for tool in memcheck racecheck synccheck initcheck; do
+  # tools outer, programs inner: where time is short (a capped call), each tool covers both
+  for tool in ${DIFFATTN_SANITIZE_TOOLS:-memcheck racecheck synccheck initcheck}; do
+    for exe in "$test_exe" "$bwd_test_exe"; do
+      name="$(basename "$exe")"
       extra=()
       [ "$tool" = memcheck ] && extra=(--leak-check full)
       log="$logs/sanitize-$name-$tool.log"
       echo "=== output of $tool on $name in $log"
-      if ! step "$name-$tool" 170 "$sanitizer" --tool "$tool" "${extra[@]}" --error-exitcode 86 --print-limit 30 \
+      if ! step "$name-$tool" "${DIFFATTN_SANITIZE_STEP_S:-170}" "$sanitizer" --tool "$tool" "${extra[@]}" --error-exitcode 86 --print-limit 30 \
            "$exe" '-tc=*small cases*' >"$log" 2>&1; then
         rc=1; tail -n 25 "$log"
       elif ! grep -Eq 'test cases: *[1-9][0-9]* *\| *[1-9][0-9]* passed' "$log"; then
@@ -312,7 +317,10 @@ part_bench() {
   need_file "$bench_exe" || return 1
   local -a args=("--benchmark_out=$out/bench_cuda_forward.json" --benchmark_out_format=json
                  --benchmark_counters_tabular=true)
-  [ "$quick" = 1 ] && args+=("--benchmark_filter=/N:(${ns_quick//,/|})(/|\$)")
+  if [ -n "${DIFFATTN_BENCH_FILTER:-}" ]; then args+=("--benchmark_filter=$DIFFATTN_BENCH_FILTER")
+  elif [ "$quick" = 1 ]; then args+=("--benchmark_filter=/N:(${ns_quick//,/|})(/|\$)"); fi
+  # DIFFATTN_BENCH_MIN_TIME: seconds of timed launches per run (Google Benchmark's default 0.5)
+  [ -z "${DIFFATTN_BENCH_MIN_TIME:-}" ] || args+=("--benchmark_min_time=$DIFFATTN_BENCH_MIN_TIME")
   rm -f "$out/bench_cuda_forward.json"
   local rc=0
   step bench_cuda_forward "$([ "$quick" = 1 ] && echo 300 || echo 560)" "$bench_exe" "${args[@]}" || rc=1
