@@ -121,11 +121,9 @@ struct DiffAttnForwardKernel {
     auto sV = [&](int stage) { return smem + (T::kOffV + stage * T::kVTileElems); };
 
     // global bases of this (b, h) / (b, kvg)
-    auto base = [](const ConstTensorRef& r, std::int64_t bb, std::int64_t hh) {
-      return static_cast<const std::uint16_t*>(r.ptr) + bb * r.stride_b + hh * r.stride_h;
-    };
-    const std::uint16_t* gK[2] = {base(a.k1, b, kvg), base(a.k2, b, kvg)};
-    const std::uint16_t* gV[2] = {base(a.v_lo, b, kvg), T::kV2 ? nullptr : base(a.v_hi, b, kvg)};
+    const std::uint16_t* gK[2] = {detail::head_base(a.k1, b, kvg), detail::head_base(a.k2, b, kvg)};
+    const std::uint16_t* gV[2] = {detail::head_base(a.v_lo, b, kvg),
+                                  T::kV2 ? nullptr : detail::head_base(a.v_hi, b, kvg)};
 
     // V1: lambda, from the four vectors (every thread: 2d multiply-adds, no host synchronisation)
     float lambda = 0.f;
@@ -149,8 +147,8 @@ struct DiffAttnForwardKernel {
     const std::int64_t row_i[2] = {m0 + wrow + static_cast<int>(lane >> 2), m0 + wrow + static_cast<int>(lane >> 2) + 8};
 
     {  // Q_1, Q_2 of this block: joins the first copy group of the key-tile loop
-      QLoader q1(base(a.q1, b, h) + m0 * a.q1.stride_t, a.q1.stride_t, tid);
-      QLoader q2(base(a.q2, b, h) + m0 * a.q2.stride_t, a.q2.stride_t, tid);
+      QLoader q1(detail::head_base(a.q1, b, h) + m0 * a.q1.stride_t, a.q1.stride_t, tid);
+      QLoader q2(detail::head_base(a.q2, b, h) + m0 * a.q2.stride_t, a.q2.stride_t, tid);
       q1.load(sQ[0], N - m0);
       q2.load(sQ[1], N - m0);
     }

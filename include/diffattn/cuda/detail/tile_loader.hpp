@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "diffattn/core/config.hpp"
+#include "diffattn/core/params.hpp"
 #include "diffattn/simt/cp_async.hpp"
 #include "diffattn/simt/smem.hpp"
 #include "diffattn/simt/thread.hpp"
@@ -19,6 +20,12 @@
 DIFFATTN_NAMESPACE_BEGIN
 namespace cuda {
 namespace detail {
+
+/// The first element (token 0) of head `hh` of batch `bb` of a 16-bit tensor: the base the
+/// kernels' tile loaders start from.
+DIFFATTN_DEVICE const std::uint16_t* head_base(const ConstTensorRef& r, std::int64_t bb, std::int64_t hh) {
+  return static_cast<const std::uint16_t*>(r.ptr) + bb * r.stride_b + hh * r.stride_h;
+}
 
 /// Copies consecutive (kRows, kCols) tiles of 16-bit elements (global row stride `gstride`
 /// elements, 16-byte aligned) into shared tiles of row stride kSmemStride with 16-byte cp.async;
