@@ -11,7 +11,8 @@
 // same model width: cuda_forward_v2/..., 2H output heads of d (4H query heads, 2H KV heads),
 // counted 8 N S d per head.
 //
-// The backward (head dims <= 64, cuda/backward_kernel.hpp) on the same problems:
+// The backward (every head dim, cuda/backward_kernel.hpp; from the saved O_2 at d <= 64, without
+// it, as the two-pass forward saves, above) on the same problems:
 // cuda_backward[_v2]/<dtype>/<mask>/d:<d>/N:<N> (dQ by atomics) and cuda_backward_det[_v2]/...
 // (the deterministic option), counted by docs/SPEC.md's backward count (20 N S d per head, V2
 // 16), timed over the four kernels of one call, from the saved tensors of one forward.
@@ -138,7 +139,8 @@ void bm_forward(benchmark::State& state, da::MaskKind mask, int backward = 0) {
     float* lse1 = static_cast<float*>(alloc(rows * 4)); float* lse2 = static_cast<float*>(alloc(rows * 4));
     float* attn = static_cast<float*>(alloc(rows * dv * 4)); float* o2 = static_cast<float*>(alloc(rows * dv * 4));
     float* rstd = static_cast<float*>(alloc(rows * 4));
-    p.extras = {lse1, lse2, attn, o2, Traits::kV2 ? nullptr : rstd, nullptr};
+    // the two-pass forward (d > 64) saves no O_2: the backward then computes <dA, O_2> from LSE_2
+    p.extras = {lse1, lse2, attn, Traits::kSinglePass ? o2 : nullptr, Traits::kV2 ? nullptr : rstd, nullptr};
     const da::Status fs = da::cuda::forward_config<Traits>(p, nullptr);
     da::BackwardParams bp;
     bp.fwd = p;

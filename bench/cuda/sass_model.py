@@ -22,11 +22,13 @@ for every architecture (sm_80, sm_90 by default) the script:
      (sm_90 code) and A100 SXM (sm_80 code), and reports the binding unit and the TFLOP/s bound.
 
 The backward (include/diffattn/cuda/backward_kernel.hpp) likewise: for the backward of every
-shipped (fmt, d) with d <= 64, V1 and V2 (BackwardTraits<fmt, d, V2>, one TU per configuration and
-architecture instantiating backward_config<Traits>: its four kernels), the query-tile loop of
+shipped (fmt, d), V1 and V2 (BackwardTraits<fmt, d, V2>, one TU per configuration and
+architecture instantiating backward_config<Traits>: all its kernels), the query-tile loop of
 BwdMainKernel (the innermost loop with HMMA and LDGSTS) per tile of kBlockM query rows, checked
-against BackwardTraits::loop_counts(0, sm), bounded with SPEC's backward FLOP count (20 N S d per
-diff head, 16 for V2); ptxas's report of all four kernels (a spill fails --check).
+against BackwardTraits::loop_counts(0, sm, part), bounded with SPEC's backward FLOP count (20 N S d
+per diff head, 16 for V2); at d > 64 the main kernel runs in parts (BwdMainKernel<Traits, Part>),
+each modelled alone (entries bwd_..._p<Part>) and combined as 1 / sum(1 / part bound); ptxas's
+report of every kernel (a spill fails --check).
 
 Run (from the repository root; Python 3.11, stdlib only):
 
@@ -260,23 +262,29 @@ template <diffattn::simt::fmt16 Fm, int D, bool V2>
 static void emit_bwd(const char* fmt, int argc, char** argv) {
   if constexpr (diffattn::cuda::backward_head_dim_supported(D)) {
     using T = diffattn::cuda::BackwardTraits<Fm, D, V2>;
+    // BwdMainKernel's Parts of this configuration: 0 (one launch), 1 and 2, or 1, 3 and 4
+    const int parts[3] = {T::kMainParts == 1 ? 0 : 1, 2 + (T::kMainParts == 3), 4};
+    for (int pi = 0; pi < T::kMainParts; ++pi) {
+    const int part = parts[pi];
     std::printf("%s{\"kind\": \"backward\", \"fmt\": \"%s\", \"args\": \"%d, %s\", \"kV2\": %s, "
+                "\"part\": %d, \"kMainParts\": %d, "
                 "\"type\": \"diffattn::cuda::BackwardTraits<diffattn::simt::fmt16::%s, %d, %s>\", "
                 "\"head_dim\": %d, \"kValueDim\": %d, \"kBlockM\": %d, \"kBlockN\": %d, \"kWarps\": %d, "
                 "\"kThreads\": %d, \"kSmemBytes\": %d, \"kStat\": %d, \"kSTiles\": %d, \"kQKSteps\": %d, "
                 "\"kDPSteps\": %d, \"kMSteps\": %d, \"kNSteps\": %d, \"kDTiles\": %d, \"kVTiles\": %d, "
                 "\"kDqTiles\": %d, \"kDqNTiles\": %d, \"kDqUnits\": %d, \"kLoops\": 1, \"loop_counts_by_arch\": {",
-                first ? "" : ",\n", fmt, D, V2 ? "true" : "false", V2 ? "true" : "false", fmt, D,
+                first ? "" : ",\n", fmt, D, V2 ? "true" : "false", V2 ? "true" : "false", part, T::kMainParts, fmt, D,
                 V2 ? "true" : "false", T::kHeadDim, T::kValueDim, T::kBlockM, T::kBlockN, T::kWarps, T::kThreads,
                 T::kSmemBytes, T::kStat, T::kSTiles, T::kQKSteps, T::kDPSteps, T::kMSteps, T::kNSteps, T::kDTiles,
                 T::kVTiles, T::kDqTiles, T::kDqNTiles, T::kDqUnits);
     for (int i = 1; i < argc; ++i) {
-      const diffattn::cuda::LoopCounts c = T::loop_counts(0, std::atoi(argv[i]));
+      const diffattn::cuda::LoopCounts c = T::loop_counts(0, std::atoi(argv[i]), part);
       std::printf("%s\"sm_%s\": [{\"keys\": %d, \"hmma\": %d, \"ldsm\": %d, \"mufu\": %d}]", i > 1 ? ", " : "",
                   argv[i], c.keys, c.hmma, c.ldsm, c.mufu);
     }
     std::printf("}}");
     first = false;
+    }
   }
 }
 
@@ -301,9 +309,16 @@ int main(int argc, char** argv) {
 '''
 
 
-def config_name(c: dict) -> str:
+def tu_name(c: dict) -> str:
+    """The TU's name: a backward configuration's parts (one entry each) share theirs."""
     if c["kind"] == "backward":
         return f"bwd_{c['fmt']}_d{c['head_dim']}" + ("_v2" if c.get("kV2") else "")
+    return c["name"]
+
+
+def config_name(c: dict) -> str:
+    if c["kind"] == "backward":
+        return tu_name(c) + (f"_p{c['part']}" if c.get("part") else "")
     if c["kind"] == "shipped":
         return f"{c['fmt']}_d{c['head_dim']}" + ("_v2" if c.get("kV2") else "")
     name = f"{c['fmt']}_d{c['head_dim']}_m{c['kBlockM']}_n{c['kBlockN']}_{'1p' if c['kSinglePass'] else '2p'}"
@@ -351,20 +366,21 @@ def compile_tu(c: dict, arch: str, nvcc: str, eigen: str, cache: Path, inc_hash:
     num = arch.removeprefix("sm_")
     flags = [*NVCC_FLAGS, "-gencode", f"arch=compute_{num},code={arch}"]
     key = hashlib.sha256("\0".join([inc_hash, src, arch, nvcc_version, *flags]).encode()).hexdigest()[:24]
-    cubin, logf = cache / f"{c['name']}_{arch}_{key}.cubin", cache / f"{c['name']}_{arch}_{key}.ptxas.log"
+    name = tu_name(c)
+    cubin, logf = cache / f"{name}_{arch}_{key}.cubin", cache / f"{name}_{arch}_{key}.ptxas.log"
     if cubin.exists() and logf.exists():
         return {"cubin": cubin, "log": logf.read_text(), "cached": True}
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        tu = Path(tmp) / f"{c['name']}_{arch}.cu"
+        tu = Path(tmp) / f"{name}_{arch}.cu"
         tu.write_text(src)
         out = Path(tmp) / "out.cubin"
         p = run([*nice_prefix(), nvcc, *flags, "-I", str(REPO / "include"), "-I", eigen, str(tu), "-o", str(out)],
                 check=False)
         if p.returncode != 0:
-            raise Fail(f"nvcc failed for {c['name']} {arch}:\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
+            raise Fail(f"nvcc failed for {name} {arch}:\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
         text = p.stdout + p.stderr
-        for old in cache.glob(f"{c['name']}_{arch}_*"):  # earlier builds of this TU: keep the cache bounded
+        for old in cache.glob(f"{name}_{arch}_*"):  # earlier builds of this TU: keep the cache bounded
             old.unlink()
         logf.write_text(text)
         shutil.move(str(out), cubin)
@@ -372,11 +388,12 @@ def compile_tu(c: dict, arch: str, nvcc: str, eigen: str, cache: Path, inc_hash:
 
 
 def parse_ptxas(text: str, arch: str, kernel: str = "DiffAttnForwardKernel") -> dict:
+    """ptxas's report of the one entry whose (mangled) name `kernel`, a regular expression, matches."""
     res, in_kernel = [], False
     for line in text.splitlines():
         m = re.search(r"Compiling entry function '([^']*)' for '(sm_\w+)'", line)
         if m:
-            in_kernel = kernel in m.group(1) and m.group(2) == arch
+            in_kernel = re.search(kernel, m.group(1)) is not None and m.group(2) == arch
             if in_kernel:
                 res.append({"function": m.group(1)})
             continue
@@ -427,7 +444,7 @@ def kernel_instructions(text: str, kernel: str = "DiffAttnForwardKernel") -> tup
         if m:
             funcs[cur].append(("ins", {"addr": int(m.group(1), 16), "guard": m.group(2), "op": m.group(3),
                                        "args": m.group(4)}))
-    kernels = [n for n in funcs if kernel in n]
+    kernels = [n for n in funcs if re.search(kernel, n)]
     if len(kernels) != 1:
         raise Fail(f"disassembly: expected one {kernel} function, found {kernels}")
     ins, labels = [], {}
@@ -778,10 +795,20 @@ def analyse_kernel(text: str, c: dict) -> dict:
 # =============================================================================================
 # 5b. The backward's main kernel: its query-tile loop
 # =============================================================================================
-# The four kernels of one backward configuration (one TU: backward_config<Traits>); the query-tile
-# loop of BwdMainKernel is the one modelled, the other three are checked for spills.
-BWD_KERNELS = ("BwdPrepassKernel", "BwdMainKernel", "BwdDqConvertKernel", "BwdFinishKernel")
+# The kernels of one backward configuration (one TU: backward_config<Traits>); the query-tile
+# loop of BwdMainKernel is the one modelled, the others are checked for spills. A configuration
+# with Traits::kMainParts > 1 launches the main kernel once per Part (template argument): each
+# part is an entry of its own (name suffix _p<Part>), modelled alone, then combined.
+BWD_KERNELS = ("BwdPrepassKernel", "BwdO2DotKernel", "BwdMainKernel", "BwdDqConvertKernel", "BwdFinishKernel")
 BWD_MAIN = "BwdMainKernel"
+
+
+def bwd_kernel_pattern(kname: str, c: dict) -> str:
+    """The regular expression of a backward kernel's mangled name; BwdMainKernel<Traits, Part> by
+    its Part (..._14BackwardTraits<...>E Li<Part>E E...)."""
+    if kname == BWD_MAIN:
+        return rf"{BWD_MAIN}I\w*EELi{c['part']}EEE"
+    return kname
 
 
 def is_subroutine_call(i: dict) -> bool:
@@ -844,7 +871,7 @@ def bwd_tile_bytes(c: dict) -> int:
 
 
 def analyse_backward_kernel(text: str, c: dict, arch: str) -> dict:
-    name, ins, labels = kernel_instructions(text, BWD_MAIN)
+    name, ins, labels = kernel_instructions(text, bwd_kernel_pattern(BWD_MAIN, c))
     cfg = CFG(ins, labels)
     has = lambda l, op: any(cfg.ins[k]["op"].startswith(op) for b in l["body"] for k in range(*cfg.blocks[b]))
     # the query-tile loop: the innermost loop holding both HMMA and LDGSTS (stream_key_tiles: the
@@ -977,6 +1004,28 @@ def model_backward(c: dict, lp: dict, dev: dict) -> dict:
         "binding": bind if unit_tf <= l2_tf else "L2",
         "likely_tflops": [0.5 * final, 0.7 * final],
     }
+
+
+def combine_backward_parts(bwd: list[dict]) -> list[dict]:
+    """The bound of each configuration whose main kernel runs in parts: every part covers the same
+    key blocks and query tiles, so their times per warp-tile add and the bound of the whole is
+    1 / sum(1 / bound_part), by the same useful FLOP (SPEC's backward count)."""
+    groups: dict[str, list[dict]] = {}
+    for c in bwd:
+        if c.get("kMainParts", 1) > 1:
+            groups.setdefault(tu_name(c), []).append(c)
+    out = []
+    for name, parts in groups.items():
+        model = {}
+        for dname in parts[0].get("model", {}):
+            ms = [c["model"].get(dname) for c in parts]
+            if all(ms) and len(ms) == parts[0]["kMainParts"]:
+                model[dname] = {"bound_tflops": 1.0 / sum(1.0 / m["bound_tflops"] for m in ms),
+                                "parts_tflops": [m["bound_tflops"] for m in ms],
+                                "binding": "/".join(m["binding"] for m in ms)}
+        out.append({"name": name, "parts": [c["name"] for c in parts], "model": model,
+                    "check_errors": [e for c in parts for e in c["check_errors"]]})
+    return out
 
 
 def check_backward(c: dict) -> list[str]:
@@ -1268,9 +1317,10 @@ def markdown_backward(doc: dict, w) -> None:
     w("## Backward: the query-tile loop of BwdMainKernel\n")
     w("* One TU per configuration and architecture: the explicit instantiation of "
       "`backward_config<BackwardTraits<fmt, d, V2>>`, i.e. the four kernels the real build emits "
-      "(`simt::detail::kernel_entry<BwdPrepassKernel | BwdMainKernel | BwdDqConvertKernel | BwdFinishKernel<Traits>, "
-      "BackwardArgs>`), same flags as the forward; ptxas's report of all four (a spill or stack frame in any of "
-      "them fails --check). The backward of every (fmt, d) of DIFFATTN_CUDA_FORWARD_CONFIGS with d <= 64, V1 and V2.")
+      "(`simt::detail::kernel_entry<BwdPrepassKernel | BwdO2DotKernel | BwdMainKernel<Traits, Part> | BwdDqConvertKernel "
+      "| BwdFinishKernel<Traits>, BackwardArgs>`), same flags as the forward; ptxas's report of all of them (a spill or "
+      "stack frame in any fails --check). The backward of every (fmt, d) of DIFFATTN_CUDA_FORWARD_CONFIGS, V1 and V2; "
+      "where the main kernel runs in parts (d > 64) one row per part (`_p<Part>`), each with its own loop_counts.")
     w("* The loop modelled: the innermost loop holding both HMMA and LDGSTS, i.e. stream_key_tiles over the query "
       "tiles of kBlockM rows (the key-block and head loops hold it; exactly one is required). Per tile one warp (16 "
       "keys) runs S_c^T = K_c Q_c^T, dP^T = V dA^T, dV, dK_c, and after the barrier its dQ work unit(s) with "
@@ -1282,7 +1332,10 @@ def markdown_backward(doc: dict, w) -> None:
       "skips scalar code only (the short-circuit `full` tile test, a mask's band arithmetic) the fewest-instructions "
       "tier skips it, so `all instr` is a floor for every tile (the per-element masking is predicated: it issues "
       "on every tile); `max path` takes the same tiers with the most instructions instead.")
-    w("* Expected counts `(exp)`: BackwardTraits::loop_counts(0, sm) (include/diffattn/cuda/backward_kernel.hpp; "
+    w("* Inner loops without HMMA (the rolled loaders of the general copy form, d = 96: TileLoader<..., kRolled>) "
+      "lie on the path once per tile: their LDGSTS and address arithmetic are counted for one trip (an undercount "
+      "of the issue slots, see the findings).")
+    w("* Expected counts `(exp)`: BackwardTraits::loop_counts(0, sm, part) (include/diffattn/cuda/backward_kernel.hpp; "
       "`sm` the target's SM number, see the findings on V2's LDSM); `rows` is its `keys` field, the query rows per tile. Model per warp-tile as the forward's, except: smem = "
       "(LDSM x 512 B + LDS/STS bytes, 32 lanes x width, broadcasts not credited + this warp's share of the tile's "
       "cp.async bytes: kBlockM x (2d + dv) x 2 + kBlockM x 32 B of row statistics) / 128 B/clk; FLOP per warp-tile "
@@ -1305,6 +1358,23 @@ def markdown_backward(doc: dict, w) -> None:
           f" | {others} | " + " | ".join(bounds) +
           f" | {'pass' if not c['check_errors'] else 'FAIL: ' + '; '.join(c['check_errors'])} |")
     w("")
+    comb = doc.get("backward_combined") or []
+    if comb:
+        w("### Main kernels in parts: the whole\n")
+        w("At d > 64 the main kernel runs in Traits::kMainParts launches (BwdMainKernel<Traits, Part>: Part 1 dV; "
+          "Part 2 dK_c and dQ_c of both components, or Parts 3 and 4 one component each), each over every key block "
+          "and query tile: their times add, so the bound of the whole is 1 / sum(1 / part bound), by the same useful "
+          "FLOP (20d or 16d per row and key; the parts recompute S_c^T and P, so the HMMA FLOP exceed it).\n")
+        w("| config | parts | " + " | ".join(f"{d} bound TF (parts)" for d in devs) + " |")
+        w("|---|---|" + "---|" * len(devs))
+        for g in comb:
+            cells = []
+            for dname in devs:
+                m = g["model"].get(dname)
+                cells.append(f"**{m['bound_tflops']:.0f}** (" + " + ".join(f"{x:.0f}" for x in m["parts_tflops"]) +
+                             f"; {m['binding']})" if m else "-")
+            w(f"| {g['name']} | {', '.join(g['parts'])} | " + " | ".join(cells) + " |")
+        w("")
     for a in archs:
         w(f"### Backward per-tile counts, one warp, {a}\n")
         w("| config | " + " | ".join(n for n, _ in BWD_COUNT_COLS) + " |")
@@ -1358,7 +1428,18 @@ def findings_backward(doc: dict) -> list[str]:
             lo, hi = min(ms, key=lambda x: x[1]["bound_tflops"]), max(ms, key=lambda x: x[1]["bound_tflops"])
             parts.append(f"{dname} {lo[1]['bound_tflops']:.0f} ({lo[0]['name']}) to {hi[1]['bound_tflops']:.0f} TF "
                          f"({hi[0]['name']}), bound by {'/'.join(binds)}")
-        out.append("Backward (BwdMainKernel's query-tile loop, SPEC's backward FLOP): " + "; ".join(parts) + ".")
+        out.append("Backward (BwdMainKernel's query-tile loop, SPEC's backward FLOP; a part alone where the kernel "
+                   "runs in parts): " + "; ".join(parts) + ".")
+    for g in doc.get("backward_combined") or []:
+        if g["model"]:
+            out.append(f"Backward {g['name']}, main kernel in {len(g['parts'])} parts: " + "; ".join(
+                f"{d} {m['bound_tflops']:.0f} TF (" + " + ".join(f"{x:.0f}" for x in m["parts_tflops"]) + ")"
+                for d, m in g["model"].items()) + " as 1 / sum(1 / part).")
+    rolled = sorted({f"{c['name']} {a} ({lp['inner_loops']})" for c, a, lp in loops
+                     if lp.get("inner_loops") and not lp.get("inner_loops_with_hmma")})
+    if rolled:
+        out.append("Backward query-tile loops holding inner loops without HMMA (rolled loaders, counted for one trip "
+                   "per tile): " + ", ".join(rolled) + ".")
     if loops:
         # the LDSM that re-read this warp's own K_c and V rows (A fragments of S^T and dP^T) every tile
         reload = sorted({(c["name"].replace("bwd_f16", "bwd_*").replace("bwd_bf16", "bwd_*"),
@@ -1483,12 +1564,12 @@ def main(argv: list[str]) -> int:
         if not configs and not bwd:
             raise Fail("no configuration matches --configs")
         inc_hash = tree_hash(REPO / "include")
-        jobs = [(c, a) for c in configs + bwd for a in archs]
+        jobs = list({(tu_name(c), a): (c, a) for c in configs + bwd for a in archs}.values())  # parts share a TU
         log(f"sass_model: {len(configs)} forward + {len(bwd)} backward configurations x {len(archs)} architectures "
-            f"= {len(jobs)} TUs (cache {cache})")
+            f" ({len({tu_name(c) for c in bwd})} backward TUs) = {len(jobs)} TUs (cache {cache})")
         results = {}
         with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as ex:
-            futs = {ex.submit(compile_tu, c, a, args.nvcc, args.eigen, cache, inc_hash, nvcc_version): (c["name"], a)
+            futs = {ex.submit(compile_tu, c, a, args.nvcc, args.eigen, cache, inc_hash, nvcc_version): (tu_name(c), a)
                     for c, a in jobs}
             for f in concurrent.futures.as_completed(futs):
                 results[futs[f]] = f.result()
@@ -1496,7 +1577,7 @@ def main(argv: list[str]) -> int:
         for c in configs:
             c["arch"] = {}
             for a in archs:
-                r = results[(c["name"], a)]
+                r = results[(tu_name(c), a)]
                 c["arch"][a] = {"ptxas": parse_ptxas(r["log"], a),
                                 "kernel": analyse_kernel(disassemble(tools["nvdisasm"], r["cubin"]), c)}
             c["check_errors"] = check_config(c)
@@ -1508,8 +1589,8 @@ def main(argv: list[str]) -> int:
         for c in bwd:
             c["arch"] = {}
             for a in archs:
-                r = results[(c["name"], a)]
-                c["arch"][a] = {"ptxas": {k: parse_ptxas(r["log"], a, k) for k in BWD_KERNELS},
+                r = results[(tu_name(c), a)]
+                c["arch"][a] = {"ptxas": {k: parse_ptxas(r["log"], a, bwd_kernel_pattern(k, c)) for k in BWD_KERNELS},
                                 "kernel": analyse_backward_kernel(disassemble(tools["nvdisasm"], r["cubin"]), c, a)}
             c["check_errors"] = check_backward(c)
             c["model"] = {}
@@ -1517,6 +1598,7 @@ def main(argv: list[str]) -> int:
                 r = c["arch"].get(dev["arch"])
                 if r and "error" not in r["kernel"] and all("error" not in lp for lp in r["kernel"]["loops"]):
                     c["model"][dname] = model_backward(c, r["kernel"]["loops"][0], dev)
+        bwd_combined = combine_backward_parts(bwd)
         # shipped first, then variants (the macro order within each)
         configs.sort(key=lambda c: 0 if c["kind"] == "shipped" else 1)
         commit = run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], check=False).stdout.strip() or "unknown"
@@ -1529,6 +1611,7 @@ def main(argv: list[str]) -> int:
             "classes": {n: {"unit": u, "opcodes": sorted(o)} for n, u, o in CLASSES},
             "configs": configs,
             "backward": bwd,
+            "backward_combined": bwd_combined,
         }
         doc["findings"] = findings(doc)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -1548,6 +1631,10 @@ def main(argv: list[str]) -> int:
             bad += bool(c["check_errors"])
             print(f"{status} {c['name']:<24} " + "; ".join(parts) + (f" | {bound}" if bound else "") +
                   ("" if not c["check_errors"] else "\n    " + "\n    ".join(c["check_errors"])))
+        for g in bwd_combined:
+            bound = "; ".join(f"{d}: {m['bound_tflops']:.0f} TF (parts " + " + ".join(f"{x:.0f}" for x in m["parts_tflops"])
+                              + f": {m['binding']})" for d, m in g["model"].items())
+            print(f"     {g['name']:<24} main kernel in {len(g['parts'])} parts | {bound or '-'}")
         print(f"sass_model: wrote {args.out / 'sass_model.json'} and {args.out / 'sass_model.md'}")
         if args.check:
             print(f"{len(configs) + len(bwd) - bad} passed, {bad} failed")

@@ -30,8 +30,9 @@ namespace {
 
 // Runs the forward that saves (reference<float>, or cpu::forward) and cpu::backward on `pc`.
 template <class Elem>
-da::Status run_cpu_backward(Problem<Elem>& pc, int threads, bool cpu_forward = false) {
+da::Status run_cpu_backward(Problem<Elem>& pc, int threads, bool cpu_forward = false, bool no_o2 = false) {
   da::Params pf = pc.params();
+  if (no_o2) pf.extras.o2 = nullptr;  // neither saved nor passed: stage 1b recomputes <dA, O_2>
   if (cpu_forward) {
     da::cpu::Options fo;
     fo.num_threads = threads;
@@ -41,15 +42,17 @@ da::Status run_cpu_backward(Problem<Elem>& pc, int threads, bool cpu_forward = f
   }
   da::BackwardParams bp = pc.backward_params();
   bp.saved = da::saved_from(pf.extras);
+  REQUIRE((bp.saved.o2 == nullptr) == no_o2);
   da::cpu::Options o;
   o.num_threads = threads;
   return da::cpu::backward(bp, o);
 }
 
 template <class Elem>
-void run_bwd(const Shape& s, std::uint64_t seed, bool split = false, bool cpu_forward = false) {
+void run_bwd(const Shape& s, std::uint64_t seed, bool split = false, bool cpu_forward = false, bool no_o2 = false) {
   INFO(da::dtype_name(da::dtype_of_v<Elem>) << " seed " << seed << " split " << split << " " << s.str()
-       << " path " << da::cpu::isa_name(da::cpu::isa()) << (cpu_forward ? " (saved by cpu::forward)" : ""));
+       << " path " << da::cpu::isa_name(da::cpu::isa()) << (cpu_forward ? " (saved by cpu::forward)" : "")
+       << (no_o2 ? " (no saved O_2)" : ""));
   Problem<Elem> naive(s, seed, split);
   Problem<double> ref = widen(naive);
   {
@@ -63,13 +66,13 @@ void run_bwd(const Shape& s, std::uint64_t seed, bool split = false, bool cpu_fo
   for (int threads : {1, 2, 3}) {
     INFO("threads " << threads);
     Problem<Elem> pc(s, seed, split);
-    const da::Status st = run_cpu_backward(pc, threads, cpu_forward);
+    const da::Status st = run_cpu_backward(pc, threads, cpu_forward, no_o2);
     REQUIRE_MESSAGE(st.ok(), st.to_string());
     const auto got = grads(pc);
     check_grads(got, gnaive, gref, u);
     // bitwise reproducible for a fixed thread count
     Problem<Elem> again(s, seed, split);
-    REQUIRE(run_cpu_backward(again, threads, cpu_forward).ok());
+    REQUIRE(run_cpu_backward(again, threads, cpu_forward, no_o2).ok());
     const auto got2 = grads(again);
     for (std::size_t k = 0; k < got.size(); ++k) {
       INFO(got[k].first);
@@ -158,6 +161,32 @@ TEST_CASE("cpu backward: DIFF V2, every element type, masks, GQA") {
   run_bwd<float>(s, ++seed);
 }
 
+// Without a saved O_2 the backward recomputes <dA, O_2> per row from LSE_2 (stage 1b): the same
+// tolerance against the double reference, every mask (fully masked rows included: N > S under
+// causal), GQA and MQA, every norm, per-head lambda, V2, every element type, ragged row and key
+// blocks (N, S not multiples of 64), 1 to 3 threads, reproducible. Without stage 1b's dot D_1
+// and D_2 lose lambda <dA, O_2> and dK, dQ, dlambda (or dlogits) fail the check.
+TEST_CASE("cpu backward: without a saved O_2 (from LSE_2), masks, GQA, norms, V2, element types") {
+  std::uint64_t seed = 2900;
+  for (da::MaskKind m : kBwdMasks) {
+    run_bwd<float>(bshape(130, 150, 4, 2, 32, m), ++seed, false, false, /*no_o2=*/true);
+    run_bwd<da::bfloat16>(bshape(65, 129, 4, 1, 64, m), ++seed, false, false, true);
+  }
+  run_bwd<da::half>(bshape(100, 40, 2, 2, 40, da::MaskKind::causal), ++seed, false, false, true);  // N > S
+  Shape s = bshape(70, 97, 4, 2, 64, da::MaskKind::causal);
+  s.norm = da::NormKind::group; s.beta = true; s.per_head = true;
+  run_bwd<float>(s, ++seed, true, false, true);
+  s = bshape(33, 200, 2, 1, 128, da::MaskKind::window);
+  s.norm = da::NormKind::rms; s.gamma = false;
+  run_bwd<float>(s, ++seed, false, false, true);
+  s = bshape(70, 97, 4, 2, 64, da::MaskKind::none);
+  s.v2 = true;
+  run_bwd<float>(s, ++seed, false, false, true);
+  run_bwd<da::bfloat16>(s, ++seed, false, false, true);
+  s = bshape(150, 170, 4, 2, 64, da::MaskKind::causal);  // the chain: cpu::forward without extras.o2
+  run_bwd<float>(s, ++seed, false, /*cpu_forward=*/true, true);
+}
+
 TEST_CASE("cpu backward: from cpu::forward's saved tensors (the chain a training step runs)") {
   std::uint64_t seed = 2700;
   Shape s = bshape(150, 170, 4, 2, 64, da::MaskKind::causal);
@@ -199,7 +228,7 @@ TEST_CASE("cpu backward: bad input is rejected with a named error and nothing is
     CHECK(bits_equal(pc.dgamma, before.dgamma));
   };
   expect_rejected("no saved lse1", [](da::BackwardParams& bp, Problem<float>&) { bp.saved.lse1 = nullptr; }, "saved.lse1");
-  expect_rejected("no saved o2", [](da::BackwardParams& bp, Problem<float>&) { bp.saved.o2 = nullptr; }, "saved.o2");
+  // (no saved o2 is accepted: the test case "without a saved O_2")
   expect_rejected("no saved rstd with an rms norm", [](da::BackwardParams& bp, Problem<float>&) { bp.saved.rstd = nullptr; }, "saved.rstd");
   expect_rejected("saved rstd not positive", [](da::BackwardParams&, Problem<float>& pc) { pc.rstd[17] = -1.0f; }, "saved.rstd");
   expect_rejected("saved lse NaN", [](da::BackwardParams&, Problem<float>& pc) { pc.lse2[3] = NAN; }, "saved.lse2");

@@ -1,8 +1,9 @@
 # ctest script: every kernel entry of the CUDA device build in the ptxas logs must have
 # "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads". Each log in LOGS must hold
 # EXPECT_PER_LOG DiffAttnForwardKernel entries (the configuration's V1 and V2 kernels, per
-# architecture), and each log in BWD_LOGS BWD_EXPECT_PER_LOG backward kernel entries (Bwd*Kernel:
-# prepass, main, dQ convert, finish; V1 and V2; per architecture). Prints each register count.
+# architecture), and each BWD_SPECS entry "log=N" names a log that must hold N backward kernel
+# entries (Bwd*Kernel: prepass, O_2 dot, the main kernel's parts, dQ convert, finish; V1 and V2;
+# per architecture). Prints each register count.
 set(bad 0)
 function(scan_logs logs pattern expect)
   foreach(log IN LISTS logs)
@@ -39,9 +40,12 @@ function(scan_logs logs pattern expect)
   set(bad ${bad} PARENT_SCOPE)
 endfunction()
 scan_logs("${LOGS}" "DiffAttnForwardKernel" ${EXPECT_PER_LOG})
-if(BWD_LOGS)
-  scan_logs("${BWD_LOGS}" "Bwd[A-Za-z]+Kernel" ${BWD_EXPECT_PER_LOG})
-endif()
+foreach(spec IN LISTS BWD_SPECS)
+  if(NOT spec MATCHES "^(.*)=([0-9]+)$")
+    message(FATAL_ERROR "bad BWD_SPECS entry ${spec}")
+  endif()
+  scan_logs("${CMAKE_MATCH_1}" "Bwd[A-Za-z0-9]+Kernel" ${CMAKE_MATCH_2})
+endforeach()
 if(bad GREATER 0)
   message(FATAL_ERROR "${bad} problems in the CUDA device build (spills, stack frames or missing kernels)")
 endif()

@@ -17,10 +17,13 @@
 
 // Fully unroll the next loop under nvcc (fragment arrays must stay in registers); nothing on
 // the host, where g++ would warn about an unknown pragma.
+// DIFFATTN_NO_UNROLL keeps the next loop rolled under nvcc (where unrolling costs registers).
 #if defined(__CUDACC__)
 #define DIFFATTN_UNROLL _Pragma("unroll")
+#define DIFFATTN_NO_UNROLL _Pragma("unroll 1")
 #else
 #define DIFFATTN_UNROLL
+#define DIFFATTN_NO_UNROLL
 #endif
 
 // True only in nvcc's device compilation pass: the one place real PTX may be emitted

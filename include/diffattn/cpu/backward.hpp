@@ -12,6 +12,9 @@
 //   1. per query row (parallel over row blocks): dA through the norm's backward, the row dot
 //      products D_1 = <dA, A + lambda O_2> and D_2 = -lambda <dA, O_2>, the partial sums of
 //      dlambda, dgamma and dbeta (V2: dlogits directly);
+//   1b. without a saved O_2 (saved.o2 null: [B, H, N, dv] fp32 less to keep per layer), per row
+//      block: <dA, O_2> = sum over the row's keys of P_2 dP_1, P_2 from S_2 and LSE_2 and
+//      dP_1 = dA V^T (6 N S d FLOPs more), then the row's statistics as in 1;
 //   2. per (batch, KV group, chunk of key blocks) (parallel, dynamic): each block of 64 keys
 //      of K_1, K_2 and V is packed once and streams every query row of the group's n_rep
 //      heads that can see it, in tiles of 64 rows (cpu/detail/backward.inl): dK_1, dK_2 and
@@ -61,6 +64,7 @@ namespace cpu {
 inline BackendCaps backward_caps() {
   BackendCaps c = caps();
   c.backward_needs_saved = true;
+  c.backward_o2_optional = true;  // stage 1b recomputes <dA, O_2> from LSE_2 when saved.o2 is null
   return c;
 }
 
@@ -160,7 +164,37 @@ void run_backward(const BackwardParams& bp, const BwdPlan& pl, const Kernels& ke
   };
   const float* gamma = static_cast<const float*>(p.norm.gamma);
 
-  // ---- stage 1: dA, row statistics, partial sums; zero the dQ buffers
+  // The row statistics of row i of head (b, h) from its dA (in ws_da) and dot = <dA, O_2>:
+  // lse1, lse2 in base 2, D_1 = scale (<dA, A> + lambda dot), D_2 = -scale lambda dot, lambda;
+  // and dot's share of dlambda (V1, into the row block's partial sums) or dlogits (V2).
+  auto row_stats = [&](std::int64_t b, std::int64_t h, std::int64_t i, float lam_head, double dot, double* part) {
+    const std::int64_t row = (b * H + h) * N + i;
+    const float* a = static_cast<const float*>(sv.attn) + row * dv;
+    const float* darow = ws_da + row * dv;
+    double daa = 0;
+    for (std::int64_t c = 0; c < dv; ++c) daa += static_cast<double>(darow[c]) * a[c];
+    float lam = lam_head;
+    if (v2) {
+      const float z = static_cast<const float*>(p.lambda.logits.ptr)[b * p.lambda.logits.stride_b +
+                                                                    i * p.lambda.logits.stride_t +
+                                                                    h * p.lambda.logits.stride_h];
+      lam = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(z))));
+      float* dz = static_cast<float*>(gr.dlogits.ptr);
+      dz[b * gr.dlogits.stride_b + i * gr.dlogits.stride_t + h * gr.dlogits.stride_h] =
+          static_cast<float>(-dot * lam * (1.0 - lam));
+    } else {
+      part[0] -= dot;
+    }
+    float* st = ws_stat + row * kBwdStat;
+    const float l1 = static_cast<const float*>(sv.lse1)[row], l2 = static_cast<const float*>(sv.lse2)[row];
+    st[0] = static_cast<float>(l1 * log2e);  // -inf stays -inf
+    st[1] = static_cast<float>(l2 * log2e);
+    st[2] = static_cast<float>(scale * (daa + lam * dot));
+    st[3] = static_cast<float>(scale * (-lam * dot));
+    st[4] = lam;
+  };
+
+  // ---- stage 1: dA, row statistics (with a saved O_2), partial sums; zero the dQ buffers
   {
     std::atomic<std::int64_t> next{0};
     const int nt = static_cast<int>(std::min<std::int64_t>(pl.threads, pl.blocks1));
@@ -178,7 +212,6 @@ void run_backward(const BackwardParams& bp, const BwdPlan& pl, const Kernels& ke
         for (std::int64_t i = rb * kBwdBlockM; i < i_end; ++i) {
           const std::int64_t row = bh * N + i;
           const float* a = static_cast<const float*>(sv.attn) + row * dv;
-          const float* o2 = static_cast<const float*>(sv.o2) + row * dv;
           const Elem* dorow = dout + i * bp.dout.stride_t;
           for (std::int64_t c = 0; c < dv; ++c) dy[c] = out_scale * static_cast<double>(elem_to_float(dorow[c]));
           if (norm == NormKind::none) {
@@ -211,40 +244,104 @@ void run_backward(const BackwardParams& bp, const BwdPlan& pl, const Kernels& ke
                 dab[c] = r * (dy[c] * (gamma ? gamma[c] : 1.0f) - mg - (a[c] - mu) * r * mgx);
             }
           }
-          float lam = lam_head;
-          if (v2) {
-            const float z = static_cast<const float*>(p.lambda.logits.ptr)[b * p.lambda.logits.stride_b +
-                                                                          i * p.lambda.logits.stride_t +
-                                                                          h * p.lambda.logits.stride_h];
-            lam = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(z))));
-          }
-          double dot = 0, daa = 0;
           float* darow = ws_da + row * dv;
-          for (std::int64_t c = 0; c < dv; ++c) {
-            const float dac = static_cast<float>(dab[c]);
-            darow[c] = dac;
-            dot += static_cast<double>(dac) * o2[c];
-            daa += static_cast<double>(dac) * a[c];
+          for (std::int64_t c = 0; c < dv; ++c) darow[c] = static_cast<float>(dab[c]);
+          if (sv.o2 != nullptr) {
+            const float* o2 = static_cast<const float*>(sv.o2) + row * dv;
+            double dot = 0;
+            for (std::int64_t c = 0; c < dv; ++c) dot += static_cast<double>(darow[c]) * o2[c];
+            row_stats(b, h, i, lam_head, dot, part);
           }
-          if (v2) {
-            float* dz = static_cast<float*>(gr.dlogits.ptr);
-            dz[b * gr.dlogits.stride_b + i * gr.dlogits.stride_t + h * gr.dlogits.stride_h] =
-                static_cast<float>(-dot * lam * (1.0 - lam));
-          } else {
-            part[0] -= dot;
-          }
-          float* st = ws_stat + row * kBwdStat;
-          const float l1 = static_cast<const float*>(sv.lse1)[row], l2 = static_cast<const float*>(sv.lse2)[row];
-          st[0] = static_cast<float>(l1 * log2e);  // -inf stays -inf
-          st[1] = static_cast<float>(l2 * log2e);
-          st[2] = static_cast<float>(scale * (daa + lam * dot));
-          st[3] = static_cast<float>(scale * (-lam * dot));
-          st[4] = lam;
           for (std::int64_t ch = 0; ch < pl.nchunk; ++ch) {
             float* q = ws_dq + (ch * rows_per_chunk + row) * 2 * dpad;
             std::fill(q, q + 2 * dpad, 0.0f);
           }
         }
+      }
+    });
+  }
+
+  // ---- stage 1b, without a saved O_2: <dA, O_2> = sum over the row's keys of P_2 dP_1 (P_2 from
+  // S_2 and LSE_2, dP_1 = dA V^T), per row block of stage 1 (whose partial sums it adds to), key
+  // blocks in order: 6 N S d FLOPs more (S_2 and dP_1 products, and their elementwise product)
+  if (sv.o2 == nullptr) {
+    std::atomic<std::int64_t> next{0};
+    const int nt = static_cast<int>(std::min<std::int64_t>(pl.threads, pl.blocks1));
+    const float cexp = static_cast<float>(scale * log2e);
+    pool.run(nt, [&](int tid) {
+      constexpr int L = kBlockN, M = kBwdBlockM;
+      static_assert(M == 64, "stage 1b: one qk_block64 column block per row block");
+      float* f = reinterpret_cast<float*>(ws_thread + static_cast<std::size_t>(tid) * pl.thread_bytes);
+      float* qt = f; f += d * M;     // Q_2^T of the row block (d x M), zero past its rows
+      float* dat = f; f += dv * M;   // dA^T (dv x M)
+      float* kb = f; f += L * d;     // K_2 rows of the key block
+      float* vb = f; f += L * dv;    // V rows (both halves for V1)
+      float* st = f; f += L * M;     // S_2^T (raw products)
+      float* dpt = f; f += L * M;    // dP_1^T
+      float* x = f; f += M;
+      float* y = f; f += M;
+      float* acc = f; f += M;
+      float* l2 = f; f += M;
+      std::int32_t* kbeg = reinterpret_cast<std::int32_t*>(f); f += M;
+      std::int32_t* kend = reinterpret_cast<std::int32_t*>(f);
+      const ConstTensorRef& k2 = p.key2();
+      const ConstTensorRef* vv[2] = {&p.v_lo, &p.v_hi};
+      double dot[M];
+      for (;;) {
+        const std::int64_t blk = next.fetch_add(1, std::memory_order_relaxed);
+        if (blk >= pl.blocks1) break;
+        const std::int64_t bh = blk / pl.nrb, rb = blk % pl.nrb, b = bh / H, h = bh % H, g = h / rep;
+        const std::int64_t i0 = rb * M;
+        const int nr = static_cast<int>(std::min<std::int64_t>(M, N - i0));
+        std::fill(qt, qt + d * M, 0.0f);
+        std::fill(dat, dat + dv * M, 0.0f);
+        const Elem* q2 = static_cast<const Elem*>(p.q2.ptr) + b * p.q2.stride_b + h * p.q2.stride_h;
+        std::int64_t jlo = S, jhi = 0;
+        for (int i = 0; i < M; ++i) {
+          dot[i] = 0;
+          if (i >= nr) { kbeg[i] = 0; kend[i] = 0; l2[i] = 0.0f; continue; }
+          const std::int64_t row = bh * N + i0 + i;
+          const Elem* qr = q2 + (i0 + i) * p.q2.stride_t;
+          for (std::int64_t c = 0; c < d; ++c) qt[c * M + i] = elem_to_float(qr[c]);
+          const float* darow = ws_da + row * dv;
+          for (std::int64_t c = 0; c < dv; ++c) dat[c * M + i] = darow[c];
+          const std::int64_t kb0 = std::clamp<std::int64_t>(mask.key_begin(i0 + i), 0, S);
+          const std::int64_t ke0 = std::clamp<std::int64_t>(mask.key_end(i0 + i), 0, S);
+          kbeg[i] = static_cast<std::int32_t>(kb0);
+          kend[i] = static_cast<std::int32_t>(ke0);
+          l2[i] = static_cast<float>(static_cast<const float*>(sv.lse2)[row] * log2e);
+          if (kb0 < ke0) { jlo = std::min(jlo, kb0); jhi = std::max(jhi, ke0); }
+        }
+        for (std::int64_t j0 = jlo / L * L; j0 < jhi; j0 += L) {
+          const int nj = static_cast<int>(std::min<std::int64_t>(L, S - j0));
+          const Elem* kr0 = static_cast<const Elem*>(k2.ptr) + b * k2.stride_b + g * k2.stride_h;
+          for (int j = 0; j < nj; ++j) {
+            const Elem* kr = kr0 + (j0 + j) * k2.stride_t;
+            for (std::int64_t c = 0; c < d; ++c) kb[j * d + c] = elem_to_float(kr[c]);
+          }
+          for (int hv = 0; hv < (v2 ? 1 : 2); ++hv) {
+            const Elem* vr0 = static_cast<const Elem*>(vv[hv]->ptr) + b * vv[hv]->stride_b + g * vv[hv]->stride_h;
+            for (int j = 0; j < nj; ++j) {
+              const Elem* vr = vr0 + (j0 + j) * vv[hv]->stride_t;
+              for (std::int64_t c = 0; c < d; ++c) vb[j * dv + hv * d + c] = elem_to_float(vr[c]);
+            }
+          }
+          kern.qk_block64(kb, d, nj, qt, static_cast<int>(d), st);
+          kern.qk_block64(vb, dv, nj, dat, static_cast<int>(dv), dpt);
+          std::fill(acc, acc + M, 0.0f);
+          for (int j = 0; j < nj; ++j) {
+            const std::int32_t jj = static_cast<std::int32_t>(j0 + j);
+            for (int i = 0; i < M; ++i)
+              x[i] = jj >= kbeg[i] && jj < kend[i] ? st[j * M + i] * cexp - l2[i]
+                                                   : -std::numeric_limits<float>::infinity();
+            kern.exp2_n(x, y, M);
+            for (int i = 0; i < M; ++i) acc[i] += y[i] * dpt[j * M + i];
+          }
+          for (int i = 0; i < M; ++i) dot[i] += acc[i];
+        }
+        double* part = ws_part + blk * pl.part_doubles();
+        const float lam_head = v2 ? 0.0f : static_cast<float>(head_lambda(h).value(p.lambda.lambda_init));
+        for (int i = 0; i < nr; ++i) row_stats(b, h, i0 + i, lam_head, dot[i], part);
       }
     });
   }
@@ -525,7 +622,8 @@ inline std::size_t backward_workspace_bytes(const BackwardParams& bp, const Opti
 }
 
 /// The fused CPU backward. Validates first (validate(bp, cpu::backward_caps()): the saved
-/// tensors lse1, lse2, attn, o2, and rstd / mean where the norm has them, are required; then
+/// tensors lse1, lse2, attn, and rstd / mean where the norm has them, are required, o2 is optional
+/// (null: <dA, O_2> is recomputed from LSE_2 per row, 6 N S d FLOPs more); then
 /// detail::check_saved_rows recomputes two rows' LSEs and A to catch saved tensors of another
 /// call); on error returns that status and writes nothing. Also rejects num_threads outside [0, kMaxThreads], a caller scratch
 /// smaller than backward_workspace_bytes(bp, o), and an ISA path this CPU cannot run. Writes

@@ -13,7 +13,8 @@
 //      query tiles need no row bound. It also zeroes the dQ accumulators of its rows.
 //   1b. BwdO2DotKernel, only when saved.o2 is null: <dA, O_2> per row from LSE_2 (the sum of
 //      P_2 dP_1 over the row's keys), added into D_1, D_2, the dlambda partials and V2's dlogits.
-//   2. BwdMainKernel, per (split of the key blocks, b, KV group): for each block of kBlockN keys
+//   2. BwdMainKernel (at d > 64 two or three launches: dV, then the rest), per (split of the key
+//      blocks, b, KV group): for each block of kBlockN keys
 //      of the split (one warp per 16 keys), K_c and V stay in shared memory while every tile of
 //      kBlockM query rows of each head of the group that can see the block streams through
 //      (Q_1, Q_2, dA and the row statistics, double-buffered cp.async). Per tile and warp, in the
@@ -37,10 +38,11 @@
 // are bitwise reproducible run to run on a given device (the split count follows the number of
 // SMs).
 //
-// Head dims: the configurations whose forward is the single pass (d <= 64), which is also the
-// form that produces O_2 for the saved tensors; d = 96 and 128 need another split of the work
-// between warps (dK_1, dK_2 and dV of 16 keys hold 4d + 4d fp32 registers per thread in this
-// one) and a forward that saves O_2: `unsupported` until then.
+// Head dims: every head dim of the forward. At d > 64 the main kernel runs as several launches
+// (backward_main_parts: dK_1, dK_2 and dV of 16 keys would hold more fp32 registers per thread
+// than there are): part 1 accumulates dV, the others dK_c and dQ_c (both components, or one each
+// for V1 at d = 128), each recomputing S_c^T and P. The two-pass forward of those head dims does
+// not save O_2; the backward then takes the BwdO2DotKernel path (saved.o2 null).
 #pragma once
 
 #include <cmath>
@@ -69,8 +71,25 @@
 DIFFATTN_NAMESPACE_BEGIN
 namespace cuda {
 
-/// The head dims the CUDA backward is built for (see the header comment).
-constexpr bool backward_head_dim_supported(int head_dim) { return head_dim <= 64; }
+/// The head dims the CUDA backward is built for: every head dim of the forward (multiples of 16
+/// up to 128).
+constexpr bool backward_head_dim_supported(int head_dim) { return head_dim <= 128; }
+
+/// Launches of the main kernel (BwdMainKernel's Part): 1 (Part 0: everything) at d <= 64; at
+/// d > 64, part 1 accumulates dV and the rest dK_c and dQ_c: 2 launches (Part 1, Part 2: both
+/// components) at d = 96 and for V2, 3 (Parts 1, 3, 4: one component each) for V1 at d = 128.
+/// One warp's accumulators for its 16 keys are dV (16 x dv) and dK_c (16 x d, two for V1): fp32
+/// registers per thread (dv + 2d) / 2 = 128 at d = 64 V1 (one launch fits, 255 registers) and
+/// 192 / 256 at d = 96 / 128. Split, part 1 recomputes S_1^T, S_2^T and P: V1 24 N S d FLOPs in
+/// place of 20 (docs/SPEC.md), 28 with three launches (dP^T twice). What was measured (ptxas, nvcc
+/// 13.0, sm_80 / sm_90): d = 128 V1 in two launches spilled 16 / 12 B in part 2 (dK_1, dK_2: 128
+/// registers of accumulators), in three none; V2 in one launch spilled at d = 96 (32 B sm_90) and
+/// d = 128 (28 B sm_80), in two none.
+constexpr int backward_main_parts(int head_dim, bool v2) { return head_dim <= 64 ? 1 : (!v2 && head_dim > 96 ? 3 : 2); }
+
+/// Keys per block of the main kernel: 64 (4 warps), or 32 (2 warps) for V1 at d > 64, whose K_1, K_2, V (2d) and two stages of Q_1, Q_2, dA tiles would not fit 99 KiB of
+/// shared memory at 64 keys (d = 128: 110 KB at 64 keys, 73 KB at 32).
+constexpr int default_bwd_block_n(int head_dim, bool v2) { return !v2 && head_dim > 64 ? 32 : 64; }
 
 /// Query rows per tile of the backward's main kernel, from ptxas's register report (nvcc 13.0,
 /// sm_80 / sm_90; no GPU has timed it yet). Each warp holds dV (16 x dv) and dK_c (16 x d) of
@@ -86,7 +105,8 @@ constexpr int default_bwd_block_m(int head_dim) { return head_dim >= 64 ? 16 : 3
 /// @tparam V2       DIFF V2 (one K, V of d channels, lambda per row from the logits).
 /// @tparam BlockN   keys per block of the main kernel, 16 per warp.
 /// @tparam BlockM   query rows per tile streamed past the keys (and rows per prepass block).
-template <simt::fmt16 F, int HeadDim, bool V2 = false, int BlockN = 64, int BlockM = default_bwd_block_m(HeadDim)>
+template <simt::fmt16 F, int HeadDim, bool V2 = false, int BlockN = default_bwd_block_n(HeadDim, V2),
+          int BlockM = default_bwd_block_m(HeadDim)>
 struct BackwardTraits {
   static constexpr simt::fmt16 kFmt = F;
   using Elem = std::conditional_t<F == simt::fmt16::f16, half, bfloat16>;
@@ -100,7 +120,7 @@ struct BackwardTraits {
   static constexpr int kWarps = BlockN / 16;
   static constexpr int kThreads = kWarps * 32;
   static_assert(HeadDim % 16 == 0 && HeadDim >= 16 && backward_head_dim_supported(HeadDim),
-                "backward head dim: a multiple of 16 in [16, 64]");
+                "backward head dim: a multiple of 16 in [16, 128]");
   static_assert(BlockN % 16 == 0 && BlockN >= 32 && BlockN <= 128, "BlockN: 16 keys per warp, 2 to 8 warps");
   static_assert(BlockM % 16 == 0 && BlockM >= 16 && BlockM <= 64, "BlockM: a multiple of 16 rows, at most 64");
 
@@ -138,9 +158,14 @@ struct BackwardTraits {
   static constexpr int kVTiles = kValueDim / 8;    // n8 tiles of dV
   // dQ work per query tile: (component, 16 rows) tiles, each cut into kDqCols column parts so
   // that every warp has one when there are fewer tiles than warps
-  static constexpr int kDqRowTiles = 2 * (kBlockM / 16);
+  static constexpr int kMainParts = backward_main_parts(HeadDim, V2);
+  static constexpr int kDqComps = kMainParts == 3 ? 1 : 2;  // components of one launch's dQ
+  static constexpr int kDqRowTiles = kDqComps * (kBlockM / 16);
   static constexpr int kDqColsWant = kWarps > kDqRowTiles ? kWarps / kDqRowTiles : 1;
-  static constexpr int kDqCols = kDTiles / kDqColsWant >= 2 ? kDqColsWant : kDTiles / 2;
+  // (and into at least ceil(kDTiles / 4) parts: a unit's accumulators stay at 4 n8 tiles, 16
+  // registers, beside the 16 x d dK_c ones; it binds only at d > 64, where 8 spilled at d = 96)
+  static constexpr int kDqColsFit = kDTiles / kDqColsWant >= 2 ? kDqColsWant : kDTiles / 2;
+  static constexpr int kDqCols = kDqColsFit > (kDTiles + 3) / 4 ? kDqColsFit : (kDTiles + 3) / 4;
   static constexpr int kDqTiles = kDqRowTiles * kDqCols;
   static constexpr int kDqNTiles = kDTiles / kDqCols;  // n8 tiles of one dQ work unit
   static_assert(kDTiles % kDqCols == 0 && kDqNTiles % 2 == 0, "dQ column parts of whole n8 tile pairs");
@@ -154,10 +179,10 @@ struct BackwardTraits {
 
   // O_2-less dot kernel (BwdO2DotKernel): 4 warps of 16 query rows, key tiles of kDotKeys;
   // shared: Q_2 and dA of the 64 rows (read once into registers), then two stages of K_2 and V.
-  static constexpr int kDotWarps = 4;
+  static constexpr int kDotWarps = !V2 && HeadDim > 96 ? 2 : 4;  // d = 128 V1: 64 rows do not fit 99 KiB
   static constexpr int kDotThreads = 32 * kDotWarps;
   static constexpr int kDotRows = 16 * kDotWarps;
-  static constexpr int kDotKeys = 64;
+  static constexpr int kDotKeys = HeadDim > 64 ? 32 : 64;  // d > 64: 64-key stages do not fit 99 KiB
   static constexpr int kDotNTiles = kDotKeys / 8;
   static constexpr int kDotOffDa = kDotRows * kQStride;
   static constexpr int kDotOffStage = kDotOffDa + kDotRows * kVStride;
@@ -179,14 +204,20 @@ struct BackwardTraits {
   // keeps both for sm_80, so the count depends on `sm`, the target's SM number (SASS model reading).
   // The SASS model (bench/cuda/sass_model.py, ctest cuda_sass_model) checks them.
   static constexpr int kDqUnits = (kDqTiles + kWarps - 1) / kWarps;
-  static constexpr LoopCounts loop_counts(int, int sm = 80) {
+  // `part`: BwdMainKernel's Part: 0 the one launch; 1 dV alone (S_c^T, P, dV); 2 all but dV
+  // (S_c^T, dP^T, dS_c, dK_c, dQ_c); 3 and 4 the same for component 1 or 2 alone.
+  static constexpr LoopCounts loop_counts(int, int sm = 80, int part = 0) {
+    const bool dv = part <= 1, dk = part != 1;
+    const int nc = part >= 3 ? 1 : 2;  // components of S^T (and of dS, dK, dQ)
     return LoopCounts{kBlockM,
-                      2 * kQKSteps * kSTiles + kDPSteps * kSTiles + kMSteps * kVTiles + 2 * kMSteps * kDTiles +
-                          kDqUnits * kNSteps * kDqNTiles,
-                      (kV2 && sm >= 90 ? kQKSteps * (1 + kSTiles) : 2 * kQKSteps * (1 + kSTiles / 2)) +
-                          kDPSteps * (1 + kSTiles / 2) + kMSteps * (kVTiles / 2) + 2 * kMSteps * (kDTiles / 2) +
-                          kDqUnits * kNSteps * (1 + kDqNTiles / 2),
-                      2 * 4 * kSTiles};
+                      nc * kQKSteps * kSTiles + (dv ? kMSteps * kVTiles : 0) +
+                          (dk ? kDPSteps * kSTiles + nc * kMSteps * kDTiles + kDqUnits * kNSteps * kDqNTiles : 0),
+                      (kV2 && sm >= 90 ? kQKSteps * (1 + kSTiles) : nc * kQKSteps * (1 + kSTiles / 2)) +
+                          (dv ? kMSteps * (kVTiles / 2) : 0) +
+                          (dk ? kDPSteps * (1 + kSTiles / 2) + nc * kMSteps * (kDTiles / 2) +
+                                    kDqUnits * kNSteps * (1 + kDqNTiles / 2)
+                              : 0),
+                      nc * 4 * kSTiles};
   }
 };
 
@@ -480,12 +511,9 @@ struct BwdO2DotKernel {
     auto sK = [&](int stage) { return smem + (T::kDotOffStage + stage * T::kDotStageElems); };
     auto sV = [&](int stage) { return smem + (T::kDotOffStage + stage * T::kDotStageElems + T::kDotKeys * T::kQStride); };
     const smem_ptr<float> sRow = (smem + T::kDotOffRowDot).template cast<float>();
-    auto base = [](const ConstTensorRef& r, std::int64_t bb, std::int64_t hh) {
-      return static_cast<const std::uint16_t*>(r.ptr) + bb * r.stride_b + hh * r.stride_h;
-    };
 
     // this block's rows (up to npad: rows in [N, npad) are the prepass's padding, which sees nothing)
-    QLoader(base(a.q2, b, h) + m0 * a.q2.stride_t, a.q2.stride_t, tid).load(sQ, N - m0);
+    QLoader(detail::head_base(a.q2, b, h) + m0 * a.q2.stride_t, a.q2.stride_t, tid).load(sQ, N - m0);
     DaLoader(a.da + (bh * npad + m0) * T::kValueDim, T::kValueDim, tid).load(sDa, npad - m0);
     simt::cp_async_commit();
     simt::cp_async_wait<0>();
@@ -511,8 +539,9 @@ struct BwdO2DotKernel {
     const int tb = static_cast<int>(k_lo / T::kDotKeys);
     const int te = k_hi > k_lo ? static_cast<int>((k_hi + T::kDotKeys - 1) / T::kDotKeys) : tb;
 
-    KLoader kl(base(a.k2, b, kvg), a.k2.stride_t, tid);
-    VLoader vl(base(a.v_lo, b, kvg), a.v_lo.stride_t, tid, T::kV2 ? nullptr : base(a.v_hi, b, kvg));
+    KLoader kl(detail::head_base(a.k2, b, kvg), a.k2.stride_t, tid);
+    VLoader vl(detail::head_base(a.v_lo, b, kvg), a.v_lo.stride_t, tid,
+               T::kV2 ? nullptr : detail::head_base(a.v_hi, b, kvg));
     kl.skip(tb);
     vl.skip(tb);
     detail::stream_key_tiles(
@@ -571,15 +600,28 @@ struct BwdO2DotKernel {
 };
 
 /// 2. Main kernel. Grid (nsplit or nkb, B * Hkv); block kThreads; shared kSmemBytes.
-template <class Traits>
+/// Part 0: everything of the header comment in one launch. With Traits::kMainParts > 1, Part 1
+/// computes S_c^T, P_c^T and dV alone (no V tile, no dP, no dS, no dQ; grid nkb, one key block per
+/// CTA in both dQ modes), then Part 2 everything but dV (kMainParts 2), or Parts 3 and 4 that for
+/// component 1 and for component 2 (kMainParts 3: S_c^T, dP^T, dS_c, dK_c, dQ_c).
+template <class Traits, int Part = 0>
 struct BwdMainKernel {
   using T = Traits;
   static constexpr simt::fmt16 F = T::kFmt;
-  using KLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kHeadDim, T::kQStride>;
-  using VLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kValueDim, T::kVStride, !T::kV2>;
-  using QLoader = detail::TileLoader<T::kThreads, T::kBlockM, T::kHeadDim, T::kQStride>;
-  using DaLoader = detail::TileLoader<T::kThreads, T::kBlockM, T::kValueDim, T::kVStride>;
-  using StatLoader = detail::TileLoader<T::kThreads, T::kBlockM, 2 * T::kStat, 2 * T::kStat>;
+  static_assert(T::kMainParts == 1 ? Part == 0 : (T::kMainParts == 2 ? Part == 1 || Part == 2 : Part == 1 || Part >= 3) &&
+                                                     Part <= 4,
+                "Part: 0 (kMainParts 1), 1 and 2 (kMainParts 2), or 1, 3 and 4 (kMainParts 3)");
+  static constexpr bool kDv = Part <= 1, kDk = Part != 1;  // what this launch accumulates
+  static constexpr int kC0 = Part == 4 ? 1 : 0, kC1 = Part == 3 ? 1 : 2;  // dK / dQ components [kC0, kC1)
+  static constexpr bool kNeedP1 = kDv || kC0 == 0, kNeedP2 = kDv || kC1 == 2;  // which S_c^T and P_c^T
+  static_assert(!T::kV2 || Part <= 2, "V2 has one K: its dK parts are not split by component");
+  // every loader keeps a general form's chunk loop rolled (TileLoader, kRolled: d = 96; K and V
+  // rolled too: part 2 of V1 then takes 244 registers for sm_80 instead of 48 B of spills)
+  using KLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kHeadDim, T::kQStride, false, true>;
+  using VLoader = detail::TileLoader<T::kThreads, T::kBlockN, T::kValueDim, T::kVStride, !T::kV2, true>;
+  using QLoader = detail::TileLoader<T::kThreads, T::kBlockM, T::kHeadDim, T::kQStride, false, true>;
+  using DaLoader = detail::TileLoader<T::kThreads, T::kBlockM, T::kValueDim, T::kVStride, false, true>;
+  using StatLoader = detail::TileLoader<T::kThreads, T::kBlockM, 2 * T::kStat, 2 * T::kStat, false, true>;
 
   DIFFATTN_DEVICE void operator()(BackwardArgs a) const {
     using simt::smem_ptr;
@@ -601,41 +643,45 @@ struct BwdMainKernel {
     };
     auto sDs = [&](int c) { return smem + (T::kOffDs + c * T::kBlockN * T::kDsStride); };
 
-    auto base = [](const ConstTensorRef& r, std::int64_t bb, std::int64_t hh) {
-      return static_cast<const std::uint16_t*>(r.ptr) + bb * r.stride_b + hh * r.stride_h;
-    };
     const int wkey = static_cast<int>(warp) * 16;  // this warp's first key in the block
     const std::int64_t rows_all = a.batch * a.heads * N;
 
-    const std::int64_t kb_begin = split * pl.kb_per_split;
-    const std::int64_t kb_end = kb_begin + pl.kb_per_split < pl.nkb ? kb_begin + pl.kb_per_split : pl.nkb;
+    // part 1 writes nothing but its key block's dV: one block per CTA in either dQ mode
+    const std::int64_t kb_per = kDk ? pl.kb_per_split : 1;
+    const std::int64_t kb_begin = split * kb_per;
+    const std::int64_t kb_end = kb_begin + kb_per < pl.nkb ? kb_begin + kb_per : pl.nkb;
     for (std::int64_t kb = kb_begin; kb < kb_end; ++kb) {
       const std::int64_t j0 = kb * T::kBlockN;
       const std::int64_t j1 = j0 + T::kBlockN < S ? j0 + T::kBlockN : S;
       if (kb != kb_begin) simt::syncthreads();  // every warp is done with the previous block's K, V
       {
-        const std::uint16_t* gK[2] = {base(a.k1, b, kvg) + j0 * a.k1.stride_t,
-                                      base(a.k2, b, kvg) + j0 * a.k2.stride_t};
+        const std::uint16_t* gK[2] = {detail::head_base(a.k1, b, kvg) + j0 * a.k1.stride_t,
+                                      detail::head_base(a.k2, b, kvg) + j0 * a.k2.stride_t};
         DIFFATTN_UNROLL
         for (int c = 0; c < T::kKComps; ++c) {
           KLoader kl(gK[c], c == 0 ? a.k1.stride_t : a.k2.stride_t, tid);
           kl.load(sK(c), S - j0);
         }
-        VLoader vl(base(a.v_lo, b, kvg) + j0 * a.v_lo.stride_t, a.v_lo.stride_t, tid,
-                   T::kV2 ? nullptr : base(a.v_hi, b, kvg) + j0 * a.v_hi.stride_t);
-        vl.load(sV, S - j0);
+        if constexpr (kDk) {  // V for dP^T = V dA^T
+          VLoader vl(detail::head_base(a.v_lo, b, kvg) + j0 * a.v_lo.stride_t, a.v_lo.stride_t, tid,
+                     T::kV2 ? nullptr : detail::head_base(a.v_hi, b, kvg) + j0 * a.v_hi.stride_t);
+          vl.load(sV, S - j0);
+        }
       }
 
-      float dv_acc[T::kVTiles][4];
-      float dk_acc[T::kKComps][T::kDTiles][4];
+      // the accumulators this part keeps (an unused one is a single tile, never touched)
+      constexpr int kVAcc = kDv ? T::kVTiles : 1, kDAcc = kDk ? T::kDTiles : 1;
+      float dv_acc[kVAcc][4];
+      constexpr int kKAcc = kDk ? (T::kV2 ? 1 : kC1 - kC0) : 1;  // dK_c of c in [kC0, kC1)
+      float dk_acc[kKAcc][kDAcc][4];
       DIFFATTN_UNROLL
-      for (int nt = 0; nt < T::kVTiles; ++nt)
+      for (int nt = 0; nt < kVAcc; ++nt)
         DIFFATTN_UNROLL
         for (int e = 0; e < 4; ++e) dv_acc[nt][e] = 0.f;
       DIFFATTN_UNROLL
-      for (int c = 0; c < T::kKComps; ++c)
+      for (int c = 0; c < kKAcc; ++c)
         DIFFATTN_UNROLL
-        for (int nt = 0; nt < T::kDTiles; ++nt)
+        for (int nt = 0; nt < kDAcc; ++nt)
           DIFFATTN_UNROLL
           for (int e = 0; e < 4; ++e) dk_acc[c][nt][e] = 0.f;
 
@@ -660,7 +706,8 @@ struct BwdMainKernel {
         const std::int64_t h = kvg * a.n_rep + r;
         const std::int64_t bh = b * a.heads + h;
         const float lam_head = T::kV2 ? 0.f : detail::head_lambda(a, h);
-        QLoader ql[2] = {QLoader(base(a.q1, b, h), a.q1.stride_t, tid), QLoader(base(a.q2, b, h), a.q2.stride_t, tid)};
+        QLoader ql[2] = {QLoader(detail::head_base(a.q1, b, h), a.q1.stride_t, tid),
+                         QLoader(detail::head_base(a.q2, b, h), a.q2.stride_t, tid)};
         DaLoader dal(a.da + bh * npad * T::kValueDim, T::kValueDim, tid);
         StatLoader stl(reinterpret_cast<const std::uint16_t*>(a.stat + bh * npad * T::kStat), 2 * T::kStat, tid);
         ql[0].skip(mb_begin); ql[1].skip(mb_begin); dal.skip(mb_begin); stl.skip(mb_begin);
@@ -698,17 +745,19 @@ struct BwdMainKernel {
               float p[2][T::kSTiles][4];
               DIFFATTN_UNROLL
               for (int c = 0; c < 2; ++c) {
+                if (c == 0 ? !kNeedP1 : !kNeedP2) continue;  // (compile-time: c is unrolled)
                 const int kc = T::kV2 ? 0 : c;
                 detail::mma_abt<F, T::kQKSteps, T::kSTiles>(
                     p[c],
                     [&](int kk, std::uint32_t(&out)[4]) { detail::load_a_frag(out, sK(kc), T::kQStride, wkey, kk, lane); },
                     sQ(stage, c), T::kQStride, lane);
               }
-              float dp[T::kSTiles][4];
-              detail::mma_abt<F, T::kDPSteps, T::kSTiles>(
-                  dp, [&](int kk, std::uint32_t(&out)[4]) { detail::load_a_frag(out, sV, T::kVStride, wkey, kk, lane); },
-                  sDa(stage), T::kVStride, lane);
-              float pt[T::kSTiles][4];  // (P_1 - lambda P_2)^T
+              [[maybe_unused]] float dp[T::kSTiles][4];
+              if constexpr (kDk)
+                detail::mma_abt<F, T::kDPSteps, T::kSTiles>(
+                    dp, [&](int kk, std::uint32_t(&out)[4]) { detail::load_a_frag(out, sV, T::kVStride, wkey, kk, lane); },
+                    sDa(stage), T::kVStride, lane);
+              [[maybe_unused]] float pt[T::kSTiles][4];  // (P_1 - lambda P_2)^T
               DIFFATTN_UNROLL
               for (int nt = 0; nt < T::kSTiles; ++nt)
                 DIFFATTN_UNROLL
@@ -717,29 +766,32 @@ struct BwdMainKernel {
                   const float lse1 = st[col * T::kStat + 0], lse2 = st[col * T::kStat + 1];
                   const float d1 = st[col * T::kStat + 2], d2 = st[col * T::kStat + 3];
                   const float lam = T::kV2 ? static_cast<float>(st[col * T::kStat + 4]) : lam_head;
-                  float p1 = simt::exp2_approx(p[0][nt][e] * a.scale_log2 - lse1);
-                  float p2 = simt::exp2_approx(p[1][nt][e] * a.scale_log2 - lse2);
+                  float p1 = kNeedP1 ? simt::exp2_approx(p[0][nt][e] * a.scale_log2 - lse1) : 0.f;
+                  float p2 = kNeedP2 ? simt::exp2_approx(p[1][nt][e] * a.scale_log2 - lse2) : 0.f;
                   if (!full) {
                     const int kr = key_row[e >> 1], rel = kr - col;  // (j - i) - (j0 - m0)
                     if (col >= rows_left || kr >= keys_left || rel < band_lo || rel > band_hi) p1 = p2 = 0.f;
                   }
-                  const float dpv = dp[nt][e];
-                  pt[nt][e] = p1 - lam * p2;
-                  p[0][nt][e] = p1 * (dpv - d1);           // dS_1^T
-                  p[1][nt][e] = p2 * (-lam * dpv - d2);    // dS_2^T
+                  if constexpr (kDv) pt[nt][e] = p1 - lam * p2;
+                  if constexpr (kDk) {
+                    const float dpv = dp[nt][e];
+                    p[0][nt][e] = p1 * (dpv - d1);           // dS_1^T
+                    p[1][nt][e] = p2 * (-lam * dpv - d2);    // dS_2^T
+                  }
                 }
               // dV += (P_1 - lambda P_2)^T dA
-              {
+              if constexpr (kDv) {
                 std::uint32_t pa[T::kMSteps][4];
                 detail::pack_a_frags<F, T::kMSteps>(pt, pa);
                 detail::mma_pv<F, T::kMSteps, T::kVTiles, 1>(dv_acc, pa, dv_acc, pa, sDa(stage), T::kVStride, lane);
               }
+              if constexpr (kDk) {  // (the dK / dQ parts' body, to the end of the tile; not re-indented)
               // dK_c += dS_c^T Q_c; dS_c^T to shared memory for dQ
               DIFFATTN_UNROLL
-              for (int c = 0; c < 2; ++c) {
+              for (int c = kC0; c < kC1; ++c) {
                 std::uint32_t dsa[T::kMSteps][4];
                 detail::pack_a_frags<F, T::kMSteps>(p[c], dsa);
-                detail::mma_pv<F, T::kMSteps, T::kDTiles, 1>(dk_acc[T::kV2 ? 0 : c], dsa, dk_acc[0], dsa, sQ(stage, c),
+                detail::mma_pv<F, T::kMSteps, T::kDTiles, 1>(dk_acc[T::kV2 ? 0 : c - kC0], dsa, dk_acc[0], dsa, sQ(stage, c),
                                                              T::kQStride, lane);
                 const smem_ptr<std::uint32_t> ds = sDs(c).template cast<std::uint32_t>();
                 DIFFATTN_UNROLL
@@ -755,9 +807,9 @@ struct BwdMainKernel {
               }
               simt::syncthreads();  // dS_c^T of every warp is in shared memory
               // dQ_c += dS_c K_c: warp w takes (component, 16 rows) tiles w, w + kWarps, ...
-              for (int u = static_cast<int>(warp); u < T::kDqTiles; u += T::kWarps) {
+              auto dq_unit = [&](int u) {
                 const int rt = u / T::kDqCols, cp = u % T::kDqCols;
-                const int c = rt / (T::kBlockM / 16), r16 = (rt % (T::kBlockM / 16)) * 16;
+                const int c = kC0 + rt / (T::kBlockM / 16), r16 = (rt % (T::kBlockM / 16)) * 16;
                 const int col0 = cp * T::kDqNTiles * 8;
                 std::uint32_t af[T::kNSteps][4];
                 DIFFATTN_UNROLL
@@ -790,7 +842,15 @@ struct BwdMainKernel {
                       if (pl.atomic_dq) simt::atomic_add_f32(dst, v); else *dst += v;
                     }
                 }
+              };
+              // warp w takes units w, w + kWarps, ...: kDqUnits on warp 0, unrolled (ptxas, nvcc 13.0:
+              // no spills at d = 96 or 128 once the loaders are rolled; a branch per unit)
+              DIFFATTN_UNROLL
+              for (int k = 0; k < T::kDqUnits; ++k) {
+                const int u = static_cast<int>(warp) + k * T::kWarps;
+                if (u < T::kDqTiles) dq_unit(u);
               }
+              }  // kDk
             });
       }
 
@@ -800,16 +860,17 @@ struct BwdMainKernel {
         const std::int64_t j = j0 + wkey + g + 8 * hr;
         if (j >= S) continue;
         DIFFATTN_UNROLL
-        for (int c = 0; c < T::kKComps; ++c) {
+        for (int ci = 0; ci < (kDk ? kKAcc : 0); ++ci) {
+          const int c = T::kV2 ? 0 : kC0 + ci;
           const TensorRef& dk = c == 0 ? a.dk1 : a.dk2;
           std::uint16_t* row = static_cast<std::uint16_t*>(dk.ptr) + b * dk.stride_b + j * dk.stride_t + kvg * dk.stride_h;
           DIFFATTN_UNROLL
-          for (int nt = 0; nt < T::kDTiles; ++nt)
-            simt::store_global_b32(row + nt * 8 + 2 * t, simt::pack2<F>(a.scale * dk_acc[c][nt][2 * hr],
-                                                                        a.scale * dk_acc[c][nt][2 * hr + 1]));
+          for (int nt = 0; nt < kDAcc; ++nt)
+            simt::store_global_b32(row + nt * 8 + 2 * t, simt::pack2<F>(a.scale * dk_acc[ci][nt][2 * hr],
+                                                                        a.scale * dk_acc[ci][nt][2 * hr + 1]));
         }
         DIFFATTN_UNROLL
-        for (int nt = 0; nt < T::kVTiles; ++nt) {
+        for (int nt = 0; nt < (kDv ? kVAcc : 0); ++nt) {
           const int col = nt * 8 + 2 * t;
           const bool upper = !T::kV2 && col >= T::kHeadDim;
           const TensorRef& dv = upper ? a.dv_hi : a.dv_lo;
@@ -940,7 +1001,7 @@ template <class Fn>
 Status dispatch_backward(DType dtype, std::int64_t head_dim, Variant variant, Fn&& f) {
   if (head_dim > 0 && !backward_head_dim_supported(static_cast<int>(head_dim)))
     return Status::Unsupported("cuda backward: head_dim " + std::to_string(head_dim) +
-                               " is not built (d <= 64: the single-pass forward's head dims, which save O_2)");
+                               " is not built (multiples of 16 up to 128)");
   Status res = Status::Unsupported(std::string("cuda backward: no configuration built for dtype ") + dtype_name(dtype) +
                                    " and head_dim " + std::to_string(head_dim) +
                                    " (see DIFFATTN_CUDA_FORWARD_CONFIGS / the DIFFATTN_CUDA_HEAD_DIMS option)");
@@ -986,9 +1047,25 @@ Status run_backward_steps(const BackwardParams& bp, const BackwardPlan& pl, void
   }
   {
     const std::int64_t gx = pl.atomic_dq ? pl.nkb : pl.nsplit;
-    const Status s = launch(simt::dim3(static_cast<unsigned>(gx), static_cast<unsigned>(p.batch * p.kv_heads)),
-                            simt::dim3(T::kThreads), static_cast<std::size_t>(T::kSmemBytes), BwdMainKernel<T>{}, a);
-    if (!s.ok()) return s;
+    const simt::dim3 block(T::kThreads);
+    const simt::dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(p.batch * p.kv_heads));
+    const std::size_t smem = static_cast<std::size_t>(T::kSmemBytes);
+    if constexpr (T::kMainParts > 1) {  // dV (one key block per CTA), then dK, dQ
+      const Status s1 = launch(simt::dim3(static_cast<unsigned>(pl.nkb), grid.y), block, smem, BwdMainKernel<T, 1>{}, a);
+      if (!s1.ok()) return s1;
+      if constexpr (T::kMainParts == 2) {
+        const Status s2 = launch(grid, block, smem, BwdMainKernel<T, 2>{}, a);
+        if (!s2.ok()) return s2;
+      } else {
+        const Status s3 = launch(grid, block, smem, BwdMainKernel<T, 3>{}, a);
+        if (!s3.ok()) return s3;
+        const Status s4 = launch(grid, block, smem, BwdMainKernel<T, 4>{}, a);
+        if (!s4.ok()) return s4;
+      }
+    } else {
+      const Status s = launch(grid, block, smem, BwdMainKernel<T>{}, a);
+      if (!s.ok()) return s;
+    }
   }
   {
     const std::int64_t pairs = 2 * p.batch * p.heads * p.seqlen_q * (p.head_dim / 2);
