@@ -46,11 +46,13 @@ struct RowMask {
 /// Reduce the params' mask to a RowMask (validate() first: it rejects contradictory windows).
 /// A window side of N + S or more reaches past every key: it is stored as unbounded (-1), so the
 /// index arithmetic above cannot overflow int64 whatever size the caller passes.
-inline RowMask make_row_mask(const Params& p) {
+/// With N and S: the mask of one sequence of N queries over S keys (Params::seq's per-sequence
+/// lengths, bottom-right aligned to that sequence).
+inline RowMask make_row_mask(const Params& p, std::int64_t N, std::int64_t S) {
   RowMask m;
-  m.seqlen_k = p.seqlen_k;
-  m.diag = p.seqlen_k - p.seqlen_q;
-  const std::int64_t reach = p.seqlen_q + p.seqlen_k;  // no window side needs more
+  m.seqlen_k = S;
+  m.diag = S - N;
+  const std::int64_t reach = N + S;  // no window side needs more
   auto side = [reach](std::int64_t w) { return w >= reach ? std::int64_t{-1} : w; };
   switch (p.mask.kind) {
     case MaskKind::none: break;
@@ -59,6 +61,7 @@ inline RowMask make_row_mask(const Params& p) {
   }
   return m;
 }
+inline RowMask make_row_mask(const Params& p) { return make_row_mask(p, p.seqlen_q, p.seqlen_k); }
 
 /// Exact number of visible (query, key) pairs of one head: sum over rows of row_count(i).
 /// Closed form per run of rows would be faster; N is at most millions, so a loop is fine.

@@ -111,6 +111,74 @@ struct ForwardExtras {
   void* mean = nullptr;  ///< [B, H, N] the group norm's row mean (0 for the other norms)
 };
 
+/// Serving layouts (variable-length batches, KV caches, paged KV, split-KV decoding), after
+/// FlashAttention-2's flash_attn_varlen_func / flash_attn_with_kvcache and FlashInfer's paged
+/// layout. Every field is optional; all unset is the dense layout of the header comment.
+///
+/// Per sequence b < batch: N_b query tokens and S_b keys.
+///   cu_seqlens_q [B + 1] (int32, 0 first, non-decreasing): N_b = cu[b + 1] - cu[b], and q1, q2,
+///     out (and lambda.logits, and new_k1 ... when appending) are packed along the token axis:
+///     token i of sequence b is at (cu_seqlens_q[b] + i) * stride_t, stride_b unused (0);
+///     seqlen_q is then max N_b (a bound: N_b <= seqlen_q) and total_q = cu_seqlens_q[B].
+///     Without it N_b = seqlen_q for every b, the dense [b, i, h] layout.
+///   cu_seqlens_k [B + 1]: the same for k1, k2, v_lo, v_hi (not with a block table); its
+///     lengths are the keys of each sequence unless seqused_k says fewer.
+///   seqused_k [B]: keys held by sequence b (FlashAttention's cache_seqlens): S_b =
+///     seqused_k[b] (+ N_b when appending). At most the capacity of its storage: seqlen_k
+///     (dense), its cu_seqlens_k length, or max_pages * page_size (paged).
+///   block_table [B, max_pages] (int32, row stride block_table_stride, 0: max_pages): key j of
+///     sequence b is in page block_table[b][j / page_size], row j % page_size; k1, k2, v_lo and
+///     v_hi are then page pools: stride_b is the stride between pages (num_pages of them),
+///     stride_t between the page_size rows of a page, stride_h between KV heads (FlashInfer's
+///     NHD pages). Pages may come in any order and be shared between sequences. Any page_size
+///     >= 1 (the CPU backends gather key rows one by one).
+/// S_b is also bounded by seqlen_k (S_b <= seqlen_k: seqlen_k is max S_b, as FlashAttention's
+/// max_seqlen_k). Masks are bottom-right aligned per sequence (diag = S_b - N_b), so chunked
+/// prefill and speculative decoding (a few query tokens over a cache) need nothing else.
+///
+/// append_kv: before attending, the N_b new keys of each sequence (new_k1, new_k2, new_v_lo,
+/// new_v_hi, packed like the queries: [b, i, g, :], or cu_seqlens_q's tokens) are written
+/// into its cache (k1 ... v_hi, which the call then WRITES through their const views) at rows
+/// seqused_k[b] ... seqused_k[b] + N_b - 1, and attention sees S_b = seqused_k[b] + N_b keys.
+/// Requires seqused_k. (V2: new_k2 and new_v_hi stay null, as k2 and v_hi.)
+///
+/// Extras (LSE, A, O_2, rstd, mean) of a call with cu_seqlens_q are packed too: row
+/// h * total_q + cu_seqlens_q[b] + i of [H, total_q] (and [H, total_q, dv]), FlashAttention's
+/// varlen LSE layout; Params::row_index() gives it for every layout.
+///
+/// num_splits: split-KV decoding, the keys of each (sequence, head, query block) cut into this
+/// many parts whose partial softmax states (both components) are merged in a fixed order;
+/// 0: the backend's heuristic. Results are reproducible run to run for a fixed value.
+///
+/// The int32 tables are read by the backend: host memory for the CPU backends, which check
+/// them before anything is written (lengths, monotonicity, page indices in [0, num_pages));
+/// device memory for CUDA, where they cannot be checked cheaply (see its documentation).
+/// The largest SeqParams::num_splits (split-KV parts merged per query block).
+inline constexpr int kMaxSplits = 64;
+
+struct SeqParams {
+  const std::int32_t* cu_seqlens_q = nullptr;  ///< [B + 1] or null
+  const std::int32_t* cu_seqlens_k = nullptr;  ///< [B + 1] or null (not with block_table)
+  const std::int32_t* seqused_k = nullptr;     ///< [B] or null
+  std::int64_t total_q = 0;  ///< with cu_seqlens_q: cu_seqlens_q[B], the packed query tokens
+  std::int64_t total_k = 0;  ///< with cu_seqlens_k: cu_seqlens_k[B], the packed key tokens
+  const std::int32_t* block_table = nullptr;  ///< [B, max_pages] page indices or null
+  std::int64_t block_table_stride = 0;        ///< elements between rows (0: max_pages)
+  std::int64_t max_pages = 0;                 ///< pages per sequence in the table
+  std::int64_t page_size = 0;                 ///< key rows per page
+  std::int64_t num_pages = 0;                 ///< pages in each pool (k1, k2, v_lo, v_hi)
+  bool append_kv = false;                     ///< write new_* into the cache first (see above)
+  ConstTensorRef new_k1, new_k2, new_v_lo, new_v_hi;  ///< append_kv: the new keys, as q
+  int num_splits = 0;  ///< split-KV parts per query block (0: heuristic)
+
+  bool varlen_q() const { return cu_seqlens_q != nullptr; }
+  bool varlen_k() const { return cu_seqlens_k != nullptr; }
+  bool paged() const { return block_table != nullptr; }
+  /// Any serving feature but num_splits in use.
+  bool any() const { return varlen_q() || varlen_k() || seqused_k != nullptr || paged() || append_kv; }
+  DIFFATTN_HD std::int64_t table_stride() const { return block_table_stride != 0 ? block_table_stride : max_pages; }
+};
+
 /// Everything a forward call needs. Plain data: copy it, pass it by value to kernels.
 struct Params {
   // sizes
@@ -134,6 +202,7 @@ struct Params {
   LambdaParams lambda;
   NormParams norm;
   ForwardExtras extras;
+  SeqParams seq;  ///< variable-length, KV-cache, paged and split-KV layouts (all optional)
 
   /// Sets v_lo and v_hi from one V of 2d contiguous channels per (b, j, g) (the official
   /// layout). dtype and head_dim must be set first.
@@ -160,6 +229,42 @@ struct Params {
   NormKind norm_kind() const { return is_v2() ? NormKind::none : norm.kind; }
   /// The view K_2 is read through: k2 (V1), k1 (V2: one K for both query heads).
   const ConstTensorRef& key2() const { return is_v2() ? k1 : k2; }
+
+  // ---- per-sequence geometry (SeqParams; host code reads the int32 tables directly)
+  /// Query tokens of sequence b (N_b).
+  DIFFATTN_HD std::int64_t q_len(std::int64_t b) const {
+    return seq.cu_seqlens_q ? std::int64_t{seq.cu_seqlens_q[b + 1]} - seq.cu_seqlens_q[b] : seqlen_q;
+  }
+  /// Keys sequence b attends to (S_b), after any append.
+  DIFFATTN_HD std::int64_t k_len(std::int64_t b) const {
+    if (seq.seqused_k) return std::int64_t{seq.seqused_k[b]} + (seq.append_kv ? q_len(b) : 0);
+    if (seq.cu_seqlens_k) return std::int64_t{seq.cu_seqlens_k[b + 1]} - seq.cu_seqlens_k[b];
+    return seqlen_k;
+  }
+  /// Element offset of token 0 of sequence b in a query-side view (q1, q2, out, logits, new_*).
+  DIFFATTN_HD std::int64_t q_offset(const ConstTensorRef& t, std::int64_t b) const {
+    return seq.cu_seqlens_q ? std::int64_t{seq.cu_seqlens_q[b]} * t.stride_t : b * t.stride_b;
+  }
+  DIFFATTN_HD std::int64_t q_offset(const TensorRef& t, std::int64_t b) const {
+    return seq.cu_seqlens_q ? std::int64_t{seq.cu_seqlens_q[b]} * t.stride_t : b * t.stride_b;
+  }
+  /// Element offset of key row j of sequence b, KV head 0, in a key-side view (k1 ... v_hi):
+  /// dense, packed by cu_seqlens_k, or through the block table.
+  DIFFATTN_HD std::int64_t k_offset(const ConstTensorRef& t, std::int64_t b, std::int64_t j) const {
+    if (seq.block_table) {
+      const std::int64_t page = seq.block_table[b * seq.table_stride() + j / seq.page_size];
+      return page * t.stride_b + (j % seq.page_size) * t.stride_t;
+    }
+    if (seq.cu_seqlens_k) return (std::int64_t{seq.cu_seqlens_k[b]} + j) * t.stride_t;
+    return b * t.stride_b + j * t.stride_t;
+  }
+  /// Row of (b, h, i) in the [B, H, N] extras (LSE, rstd, mean; times dv for A and O_2), or
+  /// of [H, total_q] with cu_seqlens_q.
+  DIFFATTN_HD std::int64_t row_index(std::int64_t b, std::int64_t h, std::int64_t i) const {
+    return seq.cu_seqlens_q ? h * seq.total_q + seq.cu_seqlens_q[b] + i : (b * heads + h) * seqlen_q + i;
+  }
+  /// Rows of the extras: B H N, or H total_q with cu_seqlens_q.
+  std::int64_t extra_rows() const { return seq.cu_seqlens_q ? heads * seq.total_q : batch * heads * seqlen_q; }
 };
 
 /// Gradients written by a backward call. All required except the side ones marked optional.

@@ -33,6 +33,7 @@ struct BackendCaps {
   std::int64_t max_seqlen = INT64_MAX;  ///< largest N and S the backend's index types allow
   bool backward_needs_saved = false; ///< the backward reads BackwardParams::saved (a fused one)
   bool backward_o2_optional = false; ///< ... but recomputes what it needs of O_2 when saved.o2 is null
+  bool serving = false;              ///< takes Params::seq's layouts (varlen, seqused_k, paged, append)
 
   bool accepts_dtype(DType t) const {
     const int i = static_cast<int>(t);
@@ -397,35 +398,113 @@ inline Status validate_common(const Params& p, const BackendCaps& caps, bool wit
       return bad(std::string(w == nm.gamma ? "norm.gamma" : "norm.beta") +
                  " is not aligned to its element size");
 
-  // main tensors
+  // serving layouts (Params::seq): sizes here, the tables' contents in check_seq_tables()
+  const SeqParams& sq = p.seq;
+  if (sq.num_splits < 0 || sq.num_splits > kMaxSplits)
+    return bad("seq.num_splits = " + std::to_string(sq.num_splits) + ": must be in [0, " + std::to_string(kMaxSplits) +
+               "] (0: the backend's heuristic)");
+  if (sq.any() && !caps.serving) {
+    const char* what = sq.varlen_q() ? "seq.cu_seqlens_q" : sq.varlen_k() ? "seq.cu_seqlens_k" : sq.paged() ? "seq.block_table"
+                     : sq.seqused_k ? "seq.seqused_k" : "seq.append_kv";
+    return Status::Unsupported(std::string(what) + ": the " + caps.name +
+                               " backend takes the dense layout only (variable-length, KV-cache and paged layouts: "
+                               "reference and cpu backends)");
+  }
+  if (sq.varlen_q() && (sq.total_q < 1 || sq.total_q > INT32_MAX))
+    return bad("seq.total_q = " + std::to_string(sq.total_q) + ": with seq.cu_seqlens_q it must be cu_seqlens_q[batch], in [1, 2^31)");
+  if (!sq.varlen_q() && sq.total_q != 0) return bad("seq.total_q is set but seq.cu_seqlens_q is null");
+  if (sq.varlen_k() && (sq.total_k < 1 || sq.total_k > INT32_MAX))
+    return bad("seq.total_k = " + std::to_string(sq.total_k) + ": with seq.cu_seqlens_k it must be cu_seqlens_k[batch], in [1, 2^31)");
+  if (!sq.varlen_k() && sq.total_k != 0) return bad("seq.total_k is set but seq.cu_seqlens_k is null");
+  // the totals size the packed tensors' extents: checked before them where the tables are readable
+  if (caps.host_readable && caps.serving) {
+    if (sq.varlen_q() && sq.cu_seqlens_q[p.batch] != sq.total_q)
+      return bad("seq.cu_seqlens_q[batch] = " + std::to_string(sq.cu_seqlens_q[p.batch]) + " but seq.total_q = " +
+                 std::to_string(sq.total_q));
+    if (sq.varlen_k() && sq.cu_seqlens_k[p.batch] != sq.total_k)
+      return bad("seq.cu_seqlens_k[batch] = " + std::to_string(sq.cu_seqlens_k[p.batch]) + " but seq.total_k = " +
+                 std::to_string(sq.total_k));
+  }
+  if (sq.paged()) {
+    if (sq.varlen_k()) return bad("seq.cu_seqlens_k and seq.block_table are both set: a paged cache takes its lengths from seq.seqused_k");
+    if (sq.page_size < 1 || sq.page_size > INT32_MAX) return bad("seq.page_size = " + std::to_string(sq.page_size) + ": must be in [1, 2^31)");
+    if (sq.max_pages < 1) return bad("seq.max_pages = " + std::to_string(sq.max_pages) + ": must be >= 1 with seq.block_table");
+    if (sq.num_pages < 1) return bad("seq.num_pages = " + std::to_string(sq.num_pages) + ": must be >= 1 with seq.block_table");
+    if (sq.block_table_stride != 0 && sq.block_table_stride < sq.max_pages)
+      return bad("seq.block_table_stride = " + std::to_string(sq.block_table_stride) + ": must be 0 or >= seq.max_pages (" +
+                 std::to_string(sq.max_pages) + ")");
+    std::int64_t cap;
+    if (!mul_ok(sq.max_pages, sq.page_size, &cap)) return bad("seq.max_pages * seq.page_size overflows int64");
+    if (cap < p.seqlen_k)
+      return bad("seqlen_k = " + std::to_string(p.seqlen_k) + " is more than a sequence's pages hold (seq.max_pages * seq.page_size = " +
+                 std::to_string(cap) + ")");
+  } else if (sq.block_table_stride != 0 || sq.max_pages != 0 || sq.page_size != 0 || sq.num_pages != 0) {
+    return bad("seq.page_size/max_pages/num_pages/block_table_stride are set but seq.block_table is null");
+  }
+  if (sq.append_kv && sq.seqused_k == nullptr)
+    return bad("seq.append_kv needs seq.seqused_k (the cache lengths before the new keys are appended)");
+  if (!sq.append_kv && (sq.new_k1.ptr || sq.new_k2.ptr || sq.new_v_lo.ptr || sq.new_v_hi.ptr))
+    return bad("seq.new_k1/new_k2/new_v_lo/new_v_hi are set but seq.append_kv is false");
+
+  // main tensors: query-side views [B, N, heads] (packed: [1, total_q, heads]); key-side views
+  // [B, S, G] (packed: [1, total_k, G]; paged: [num_pages, page_size, G])
   const std::int64_t N = p.seqlen_q, S = p.seqlen_k, H = p.heads, G = p.kv_heads, d = p.head_dim;
-  auto in = [&](const char* n, const ConstTensorRef& t, std::int64_t T, std::int64_t hh, std::int64_t ch) {
-    return add_tensor(layouts, caps, p.dtype, p.batch, n, t.ptr, t.stride_b, t.stride_t, t.stride_h, T, hh, ch, false);
+  const std::int64_t qb = sq.varlen_q() ? 1 : p.batch, qT = sq.varlen_q() ? sq.total_q : N;
+  const std::int64_t kb = sq.paged() ? sq.num_pages : sq.varlen_k() ? 1 : p.batch;
+  const std::int64_t kT = sq.paged() ? sq.page_size : sq.varlen_k() ? sq.total_k : S;
+  auto qin = [&](const char* n, const ConstTensorRef& t, std::int64_t hh, std::int64_t ch) {
+    return add_tensor(layouts, caps, p.dtype, qb, n, t.ptr, t.stride_b, t.stride_t, t.stride_h, qT, hh, ch, false);
   };
-  if (!(s = in("q1", p.q1, N, H, d)).ok()) return s;
-  if (!(s = in("q2", p.q2, N, H, d)).ok()) return s;
-  if (!(s = in("k1", p.k1, S, G, d)).ok()) return s;
+  // the cache is written when appending: an output for the overlap checks
+  auto kin = [&](const char* n, const ConstTensorRef& t, std::int64_t ch) {
+    return add_tensor(layouts, caps, p.dtype, kb, n, t.ptr, t.stride_b, t.stride_t, t.stride_h, kT, G, ch,
+                      sq.append_kv && with_forward_outputs);
+  };
+  if (!(s = qin("q1", p.q1, H, d)).ok()) return s;
+  if (!(s = qin("q2", p.q2, H, d)).ok()) return s;
+  if (!(s = kin("k1", p.k1, d)).ok()) return s;
   const std::int64_t dv = p.value_dim();
   if (v2) {
     if (p.k2.ptr != nullptr) return bad("k2 is set, but in DIFF V2 both query heads of a pair read K through k1: leave k2 null");
     if (p.v_hi.ptr != nullptr) return bad("v_hi is set, but DIFF V2's V has d channels, all in v_lo: leave v_hi null");
-  } else if (!(s = in("k2", p.k2, S, G, d)).ok()) {
+  } else if (!(s = kin("k2", p.k2, d)).ok()) {
     return s;
   }
-  if (!(s = in("v_lo", p.v_lo, S, G, d)).ok()) return s;
-  if (!v2 && !(s = in("v_hi", p.v_hi, S, G, d)).ok()) return s;
+  if (!(s = kin("v_lo", p.v_lo, d)).ok()) return s;
+  if (!v2 && !(s = kin("v_hi", p.v_hi, d)).ok()) return s;
+  if (sq.append_kv) {
+    if (v2 && (sq.new_k2.ptr || sq.new_v_hi.ptr))
+      return bad("seq.new_k2/new_v_hi are set, but DIFF V2 has one K and a V of d channels: leave them null");
+    if (!(s = qin("seq.new_k1", sq.new_k1, G, d)).ok()) return s;
+    if (!v2 && !(s = qin("seq.new_k2", sq.new_k2, G, d)).ok()) return s;
+    if (!(s = qin("seq.new_v_lo", sq.new_v_lo, G, d)).ok()) return s;
+    if (!v2 && !(s = qin("seq.new_v_hi", sq.new_v_hi, G, d)).ok()) return s;
+  }
   if (with_forward_outputs) {
-    if (!(s = add_tensor(layouts, caps, p.dtype, p.batch, "out", p.out.ptr, p.out.stride_b, p.out.stride_t, p.out.stride_h, N, H, dv, true)).ok())
+    if (!(s = add_tensor(layouts, caps, p.dtype, qb, "out", p.out.ptr, p.out.stride_b, p.out.stride_t, p.out.stride_h, qT, H, dv, true)).ok())
       return s;
   }
-  if (v2 && !(s = add_logits(layouts, "lambda.logits", l.logits, p.batch, N, H, pelem, false)).ok()) return s;
+  if (v2 && !(s = add_logits(layouts, "lambda.logits", l.logits, qb, qT, H, pelem, false)).ok()) return s;
+  // the int32 tables (inputs)
+  add_side(layouts, "seq.cu_seqlens_q", sq.cu_seqlens_q, p.batch + 1, 4, false);
+  add_side(layouts, "seq.cu_seqlens_k", sq.cu_seqlens_k, p.batch + 1, 4, false);
+  add_side(layouts, "seq.seqused_k", sq.seqused_k, p.batch, 4, false);
+  if (sq.paged()) {
+    std::int64_t n;
+    if (!mul_ok(p.batch - 1, sq.table_stride(), &n) || !add_ok(n, sq.max_pages, &n))
+      return bad("seq.block_table: batch * block_table_stride overflows int64");
+    add_side(layouts, "seq.block_table", sq.block_table, n, 4, false);
+  }
+  for (const void* t : {static_cast<const void*>(sq.cu_seqlens_q), static_cast<const void*>(sq.cu_seqlens_k),
+                        static_cast<const void*>(sq.seqused_k), static_cast<const void*>(sq.block_table)})
+    if (t && reinterpret_cast<std::uintptr_t>(t) % 4 != 0) return bad("seq: an int32 table is not aligned to 4 bytes");
   // side inputs as contiguous vectors (they may alias each other; outputs may not touch them)
   for (int i = 0; i < 4; ++i) add_side(layouts, lnames[i], lptrs[i], lam_len, pelem, false);
   add_side(layouts, "norm.gamma", nm.gamma, 2 * d, pelem, false);
   add_side(layouts, "norm.beta", nm.beta, 2 * d, pelem, false);
   if (with_forward_outputs) {
     std::int64_t rows, elems;
-    if (!mul_ok(p.batch, H, &rows) || !mul_ok(rows, N, &rows) || !mul_ok(rows, dv, &elems))
+    if (!mul_ok(qb, H, &rows) || !mul_ok(rows, qT, &rows) || !mul_ok(rows, dv, &elems))
       return bad("batch * heads * seqlen_q * value channels overflows int64");
     const ForwardExtras& x = p.extras;
     const char* xn[6] = {"extras.lse1", "extras.lse2", "extras.attn", "extras.o2", "extras.rstd", "extras.mean"};
@@ -452,9 +531,9 @@ inline Status check_side_values(const Params& p, const BackendCaps& caps) {
     const char* base = static_cast<const char*>(l.logits.ptr);
     const std::int64_t esz = dbl ? 8 : 4;
     for (std::int64_t b = 0; b < p.batch; ++b)
-      for (std::int64_t i = 0; i < p.seqlen_q; ++i)
+      for (std::int64_t i = 0, nb = p.q_len(b); i < nb; ++i)
         for (std::int64_t h = 0; h < p.heads; ++h) {
-          const std::int64_t off = (b * l.logits.stride_b + i * l.logits.stride_t + h * l.logits.stride_h) * esz;
+          const std::int64_t off = (p.q_offset(l.logits, b) + i * l.logits.stride_t + h * l.logits.stride_h) * esz;
           if (has_nan_or_inf(base + off, 1, dbl))
             return Status::Invalid("lambda.logits contains NaN or infinity (at b = " + std::to_string(b) +
                                    ", token " + std::to_string(i) + ", head " + std::to_string(h) + ")");
@@ -504,6 +583,68 @@ inline Status check_side_values(const Params& p, const BackendCaps& caps) {
   return Status::Ok();
 }
 
+/// The contents of Params::seq's int32 tables, when the backend reads host memory: cu_seqlens
+/// from 0, non-decreasing, ending at total_q / total_k, lengths at most seqlen_q / seqlen_k;
+/// seqused_k (plus the appended tokens) within each sequence's storage and at most seqlen_k;
+/// every page a sequence uses in [0, num_pages). O(B + pages) reads; run before anything that
+/// indexes by sequence.
+inline Status check_seq_tables(const Params& p, const BackendCaps& caps) {
+  const SeqParams& sq = p.seq;
+  if (!caps.host_readable || !sq.any()) return Status::Ok();
+  auto at = [](std::int64_t b) { return " (sequence " + std::to_string(b) + ")"; };
+  const std::int64_t B = p.batch;
+  auto check_cu = [&](const std::int32_t* cu, std::int64_t total, std::int64_t max_len, const char* name,
+                      const char* tname, const char* lname) -> Status {
+    if (cu[0] != 0) return Status::Invalid(std::string(name) + "[0] = " + std::to_string(cu[0]) + ": must be 0");
+    for (std::int64_t b = 0; b < B; ++b) {
+      const std::int64_t len = std::int64_t{cu[b + 1]} - cu[b];
+      if (len < 0)
+        return Status::Invalid(std::string(name) + " is not non-decreasing: " + std::to_string(cu[b + 1]) + " after " +
+                               std::to_string(cu[b]) + at(b));
+      if (len > max_len)
+        return Status::Invalid(std::string(name) + ": a sequence of " + std::to_string(len) + " tokens is longer than " +
+                               lname + " = " + std::to_string(max_len) + at(b));
+    }
+    if (cu[B] != total)
+      return Status::Invalid(std::string(name) + "[batch] = " + std::to_string(cu[B]) + " but " + tname + " = " +
+                             std::to_string(total));
+    return Status::Ok();
+  };
+  Status s;
+  if (sq.varlen_q() && !(s = check_cu(sq.cu_seqlens_q, sq.total_q, p.seqlen_q, "seq.cu_seqlens_q", "seq.total_q", "seqlen_q")).ok())
+    return s;
+  // with seqused_k, cu_seqlens_k gives storage, which may be longer than seqlen_k
+  if (sq.varlen_k() && !(s = check_cu(sq.cu_seqlens_k, sq.total_k, sq.seqused_k ? INT32_MAX : p.seqlen_k,
+                                      "seq.cu_seqlens_k", "seq.total_k", "seqlen_k")).ok())
+    return s;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t cap = sq.paged() ? sq.max_pages * sq.page_size
+                           : sq.varlen_k() ? std::int64_t{sq.cu_seqlens_k[b + 1]} - sq.cu_seqlens_k[b] : p.seqlen_k;
+    const char* capname = sq.paged() ? "seq.max_pages * seq.page_size" : sq.varlen_k() ? "its seq.cu_seqlens_k length" : "seqlen_k";
+    if (sq.seqused_k) {
+      const std::int64_t used = sq.seqused_k[b];
+      if (used < 0) return Status::Invalid("seq.seqused_k = " + std::to_string(used) + ": must be >= 0" + at(b));
+      const std::int64_t S_b = p.k_len(b);
+      if (S_b > cap)
+        return Status::Invalid(std::string("seq.seqused_k = ") + std::to_string(used) +
+                               (sq.append_kv ? " plus the " + std::to_string(p.q_len(b)) + " appended keys" : std::string()) +
+                               " is more than the sequence's storage holds (" + capname + " = " + std::to_string(cap) + ")" + at(b));
+      if (S_b > p.seqlen_k)
+        return Status::Invalid("seq.seqused_k: sequence " + std::to_string(b) + " attends to " + std::to_string(S_b) +
+                               " keys, more than seqlen_k = " + std::to_string(p.seqlen_k) + " (the bound on every S_b)");
+    }
+    if (sq.paged()) {
+      const std::int64_t pages = (p.k_len(b) + sq.page_size - 1) / sq.page_size;
+      const std::int32_t* row = sq.block_table + b * sq.table_stride();
+      for (std::int64_t k = 0; k < pages; ++k)
+        if (row[k] < 0 || row[k] >= sq.num_pages)
+          return Status::Invalid("seq.block_table[" + std::to_string(b) + "][" + std::to_string(k) + "] = " +
+                                 std::to_string(row[k]) + ": not a page in [0, seq.num_pages = " + std::to_string(sq.num_pages) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
 /// The saved row statistics a fused backward divides by or exponentiates: rstd finite and > 0,
 /// lse not NaN and not +inf (-inf marks a fully masked row), mean finite. O(B H N) reads.
 inline Status check_saved_values(const BackwardParams& bp, const BackendCaps& caps) {
@@ -550,6 +691,7 @@ inline Status validate(const Params& p, const BackendCaps& caps = {}) {
   Status s = detail::validate_common(p, caps, /*with_forward_outputs=*/true, layouts);
   if (!s.ok()) return s;
   if (!(s = detail::check_layouts(layouts)).ok()) return s;
+  if (!(s = detail::check_seq_tables(p, caps)).ok()) return s;
   return detail::check_side_values(p, caps);
 }
 
@@ -558,6 +700,9 @@ inline Status validate(const BackwardParams& bp, const BackendCaps& caps = {}) {
   std::vector<detail::Layout> layouts;
   layouts.reserve(20);
   const Params& p = bp.fwd;
+  if (p.seq.any())
+    return Status::Unsupported(std::string("fwd.seq: the ") + caps.name +
+                               " backward takes the dense layout only (no variable-length, KV-cache or paged layouts)");
   Status s = detail::validate_common(p, caps, /*with_forward_outputs=*/false, layouts);
   if (!s.ok()) return s;
   const std::int64_t pelem = p.dtype == DType::f64 ? 8 : 4;

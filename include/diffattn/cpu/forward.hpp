@@ -38,11 +38,13 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "diffattn/core/config.hpp"
 #include "diffattn/core/dtype.hpp"
 #include "diffattn/core/mask.hpp"
 #include "diffattn/core/params.hpp"
+#include "diffattn/core/seq.hpp"
 #include "diffattn/core/status.hpp"
 #include "diffattn/core/validate.hpp"
 #include "diffattn/cpu/detail/item.hpp"
@@ -103,6 +105,7 @@ inline BackendCaps caps() {
   c.max_head_dim = 256;
   c.host_readable = true;
   c.max_seqlen = std::int64_t{1} << 30;  // key indices inside a work item are int
+  c.serving = true;
   return c;
 }
 
@@ -112,8 +115,16 @@ namespace detail {
 struct Plan {
   int threads = 1;
   int nsplit = 1;
-  std::int64_t nqb = 0;
-  std::int64_t units = 0;  ///< B * H * nqb query blocks
+  std::int64_t nqb = 0;    ///< query blocks of the longest sequence
+  std::int64_t blocks = 0; ///< (sequence, query block) pairs: B * nqb, or their sum over varlen sequences
+  std::int64_t units = 0;  ///< H * blocks work units (before key splits)
+  std::vector<std::int64_t> qb_prefix;  ///< varlen queries: first block of each sequence (B + 1)
+  /// (sequence b, query block qb) of block t: qb-major when dense, sequence-major when varlen.
+  void block_of(std::int64_t t, std::int64_t batch, std::int64_t* b, std::int64_t* qb) const {
+    if (qb_prefix.empty()) { *qb = t / batch; *b = t % batch; return; }
+    *b = static_cast<std::int64_t>(std::upper_bound(qb_prefix.begin(), qb_prefix.end(), t) - qb_prefix.begin()) - 1;
+    *qb = t - qb_prefix[static_cast<std::size_t>(*b)];
+  }
   Geometry geo;
   std::size_t thread_bytes = 0, split_bytes = 0;
   std::size_t bytes() const { return 64 + static_cast<std::size_t>(threads) * thread_bytes + split_bytes; }
@@ -127,13 +138,24 @@ inline Plan make_plan(const Params& p, const Options& o, Isa isa) {
   pl.geo.dv = p.value_dim();
   pl.geo.bm = amx_items(isa, p.dtype, p.head_dim) ? kBlockMAmx : kBlockM;
   pl.nqb = (p.seqlen_q + pl.geo.bm - 1) / pl.geo.bm;
-  pl.units = p.batch * p.heads * pl.nqb;
-  const std::int64_t key_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
-  if (pl.units < 2 * t && key_blocks > 1) {
-    const std::int64_t want = (4 * static_cast<std::int64_t>(t) + pl.units - 1) / pl.units;
-    pl.nsplit = static_cast<int>(std::min<std::int64_t>({want, key_blocks, 64}));
+  if (p.seq.varlen_q()) {  // validated tables: lengths in [0, seqlen_q]
+    pl.qb_prefix.resize(static_cast<std::size_t>(p.batch) + 1);
+    pl.qb_prefix[0] = 0;
+    for (std::int64_t b = 0; b < p.batch; ++b)
+      pl.qb_prefix[static_cast<std::size_t>(b) + 1] = pl.qb_prefix[static_cast<std::size_t>(b)] + (p.q_len(b) + pl.geo.bm - 1) / pl.geo.bm;
+    pl.blocks = pl.qb_prefix.back();
+  } else {
+    pl.blocks = p.batch * pl.nqb;
   }
-  pl.threads = static_cast<int>(std::min<std::int64_t>(t, pl.units * pl.nsplit));
+  pl.units = p.heads * pl.blocks;
+  const std::int64_t key_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
+  if (p.seq.num_splits > 0) {
+    pl.nsplit = p.seq.num_splits;  // the caller's (at most kMaxSplits), even past the key blocks
+  } else if (pl.units < 2 * t && key_blocks > 1) {
+    const std::int64_t want = (4 * static_cast<std::int64_t>(t) + pl.units - 1) / pl.units;
+    pl.nsplit = static_cast<int>(std::min<std::int64_t>({want, key_blocks, kMaxSplits}));
+  }
+  pl.threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(t, pl.units * pl.nsplit)));
   pl.thread_bytes = static_cast<std::size_t>(round16(pl.geo.thread_floats())) * sizeof(float);
   pl.split_bytes = pl.nsplit > 1 ? static_cast<std::size_t>(pl.units * pl.nsplit * pl.geo.state_floats()) * sizeof(float) : 0;
   return pl;
@@ -159,27 +181,17 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
   const std::int64_t tfl = static_cast<std::int64_t>(pl.thread_bytes / sizeof(float));
   float* split_base = ws + pl.threads * tfl;
   const std::int64_t sfl = pl.geo.state_floats();
-  const std::int64_t bh = p.batch * p.heads;
   const std::int64_t n_items = pl.units * pl.nsplit;
 
-  // item index -> (b, h, qb, s), query blocks from the last (most keys under a causal mask)
-  auto decode = [&](std::int64_t k, std::int64_t* b, std::int64_t* h, std::int64_t* qb, int* s) {
-    *qb = pl.nqb - 1 - k / (bh * pl.nsplit);
-    const std::int64_t r = k % (bh * pl.nsplit);
-    *b = (r / pl.nsplit) / p.heads;
-    *h = (r / pl.nsplit) % p.heads;
-    *s = static_cast<int>(r % pl.nsplit);
-  };
-  auto nv_of = [&](std::int64_t qb) {
-    const std::int64_t nr = std::min<std::int64_t>(pl.geo.bm, cx.N - qb * pl.geo.bm);
+  // work unit u = t * H + h: head h of block t (Plan::block_of); items from the last block
+  // (most keys under a causal mask), each unit's splits adjacent
+  auto nv_of = [&](const Ctx& c, std::int64_t qb) {
+    const std::int64_t nr = std::min<std::int64_t>(pl.geo.bm, c.N - qb * pl.geo.bm);
     return static_cast<int>((nr + kColGroup - 1) / kColGroup);
   };
   const Kernels::ProcessFn process = kern.process<Elem>();
-  // the split state of (query block unit u, split s)
-  auto split_state = [&](std::int64_t b, std::int64_t h, std::int64_t qb, int s) {
-    const std::int64_t u = (qb * bh + b * p.heads + h) * pl.nsplit + s;
-    return State::at(split_base + u * sfl, pl.geo);
-  };
+  // the split state of (unit u, split s)
+  auto split_state = [&](std::int64_t u, int s) { return State::at(split_base + (u * pl.nsplit + s) * sfl, pl.geo); };
 
   std::atomic<std::int64_t> next{0};
   ThreadPool& pool = ThreadPool::instance();
@@ -188,15 +200,17 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
     for (;;) {
       const std::int64_t k = next.fetch_add(1, std::memory_order_relaxed);
       if (k >= n_items) break;
-      std::int64_t b, h, qb;
-      int s;
-      decode(k, &b, &h, &qb, &s);
-      const int nv = nv_of(qb);
+      const std::int64_t u = pl.units - 1 - k / pl.nsplit, h = u % p.heads;
+      const int s = static_cast<int>(k % pl.nsplit);
+      std::int64_t b, qb;
+      pl.block_of(u / p.heads, p.batch, &b, &qb);
+      const Ctx cb = cx.for_sequence(b);
+      const int nv = nv_of(cb, qb);
       if (pl.nsplit == 1) {
-        process(cx, nv, b, h, qb, s, ts, ts.state);
-        epilogue<Elem>(cx, b, h, qb, nv, ts.state, ts.arow);
+        process(cb, nv, b, h, qb, s, ts, ts.state);
+        epilogue<Elem>(cb, b, h, qb, nv, ts.state, ts.arow);
       } else {
-        process(cx, nv, b, h, qb, s, ts, split_state(b, h, qb, s));
+        process(cb, nv, b, h, qb, s, ts, split_state(u, s));
       }
     }
   });
@@ -205,15 +219,18 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
   std::atomic<std::int64_t> next2{0};
   pool.run(pl.threads, [&](int tid) {
     const ThreadScratch ts = ThreadScratch::at(ws + tid * tfl, pl.geo);
-    State states[64];
+    State states[kMaxSplits];
     for (;;) {
       const std::int64_t u = next2.fetch_add(1, std::memory_order_relaxed);
       if (u >= pl.units) break;
-      const std::int64_t qb = u / bh, b = (u % bh) / p.heads, h = u % p.heads;
-      for (int s = 0; s < pl.nsplit; ++s) states[s] = split_state(b, h, qb, s);
-      const int nv = nv_of(qb);
-      kern.merge(cx, nv, states);
-      epilogue<Elem>(cx, b, h, qb, nv, states[0], ts.arow);
+      const std::int64_t h = u % p.heads;
+      std::int64_t b, qb;
+      pl.block_of(u / p.heads, p.batch, &b, &qb);
+      const Ctx cb = cx.for_sequence(b);
+      for (int s = 0; s < pl.nsplit; ++s) states[s] = split_state(u, s);
+      const int nv = nv_of(cb, qb);
+      kern.merge(cb, nv, states);
+      epilogue<Elem>(cb, b, h, qb, nv, states[0], ts.arow);
     }
   });
 }
@@ -255,6 +272,7 @@ inline Status forward(const Params& p, const Options& o = {}) {
   std::optional<detail::PooledWorkspace> lent;  // concurrent calls each get their own
   if (!(s = detail::lend_workspace(o, pl.bytes(), "cpu::forward", lent)).ok()) return s;
   void* ws = o.scratch != nullptr ? o.scratch : lent->get();
+  seq_detail::append_new_keys(p);  // SeqParams::append_kv: the cache rows first
   switch (p.dtype) {
     case DType::f16: detail::run_typed<half>(p, pl, kern, ws); break;
     case DType::bf16: detail::run_typed<bfloat16>(p, pl, kern, ws); break;

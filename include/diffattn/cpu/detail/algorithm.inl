@@ -188,7 +188,7 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
   // Q_c^T of the block (zero columns past the last row)
   const ConstTensorRef* qs[2] = {&p.q1, &p.q2};
   for (int c = 0; c < 2; ++c) {
-    const Elem* q = static_cast<const Elem*>(qs[c]->ptr) + b * qs[c]->stride_b + h * qs[c]->stride_h;
+    const Elem* q = static_cast<const Elem*>(qs[c]->ptr) + p.q_offset(*qs[c], b) + h * qs[c]->stride_h;
     float* qt = ts.qt[c];
     for (std::int64_t i = 0; i < LD; ++i) {
       if (i < nr) {
@@ -211,9 +211,9 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
     const int nj = static_cast<int>(std::min<std::int64_t>(kBlockN, ik.hi - j0));
     const bool full = !cx.masked || (ik.kb_last <= j0 && ik.ke_first >= j0 + nj);
     for (int c = 0; c < nk; ++c)
-      for (int j = 0; j < nj; ++j) to_float(ik.kbase[c] + (j0 + j) * ik.k[c]->stride_t, ts.kbuf[c] + j * ldk, d);
+      for (int j = 0; j < nj; ++j) to_float(ik.krow(c, j0 + j), ts.kbuf[c] + j * ldk, d);
     for (int hv = 0; hv < 2 && ik.vbase[hv]; ++hv)  // V's halves side by side: row j of V is (lo, hi)
-      for (int j = 0; j < nj; ++j) to_float(ik.vbase[hv] + (j0 + j) * ik.vstride[hv], ts.vbuf + j * ldv + hv * d, d);
+      for (int j = 0; j < nj; ++j) to_float(ik.vrow(hv, j0 + j), ts.vbuf + j * ldv + hv * d, d);
     for (int c = 0; c < 2; ++c) {
       const float* kc = ts.kbuf[c < nk ? c : 0];
       if (full) {

@@ -170,8 +170,19 @@ struct Ctx {
   float c = 0;  ///< softmax_scale * log2(e): scores in log2 units
   RowMask mask;
   bool masked = false;
-  std::int64_t nqb = 0;  ///< query blocks per head
+  std::int64_t nqb = 0;  ///< query blocks per head (the most of any sequence)
   int nsplit = 1;        ///< key splits per query block
+
+  /// This context for sequence b: its own N_b, S_b and mask (Params::seq), the same one
+  /// when the call has no serving layout.
+  Ctx for_sequence(std::int64_t b) const {
+    if (!p->seq.any()) return *this;
+    Ctx c = *this;
+    c.N = p->q_len(b);
+    c.S = p->k_len(b);
+    c.mask = make_row_mask(*p, c.N, c.S);
+    return c;
+  }
 };
 
 /// The key range [lo, hi) of split s of the visible keys of rows [i0, i0 + nr).
@@ -186,15 +197,21 @@ inline void item_key_range(const Ctx& cx, std::int64_t i0, std::int64_t nr, int 
 }
 
 /// The keys one work item visits and where they live, for both the fp32 and the AMX paths.
+/// Key rows are addressed through Params::k_offset (dense, packed by cu_seqlens_k, or paged:
+/// one page lookup per row), so every path gathers paged caches as it packs a key block.
 template <class Elem>
 struct ItemKeys {
   std::int64_t lo, hi;               ///< key range [lo, hi) of this item and split
   std::int64_t kb_last, ke_first;    ///< a key block inside [kb_last, ke_first) needs no mask
-  const ConstTensorRef* k[2];        ///< K_1, K_2 views (for their token strides)
-  const Elem* kbase[2];              ///< K_c of KV group g of batch b, token 0
-  const Elem* vbase[2];              ///< V's halves (channels [0, d), [d, 2d)) of group g, batch b,
-                                     ///< token 0; V2: vbase[1] null (V has d channels)
-  std::int64_t vstride[2];           ///< their token strides
+  const Params* p;
+  std::int64_t b;                    ///< the sequence
+  const ConstTensorRef* k[2];        ///< K_1, K_2 views
+  const ConstTensorRef* v[2];        ///< V's halves (channels [0, d), [d, 2d)); V2: v[1] null
+  const Elem* kbase[2];              ///< K_c of KV group g (its head offset only)
+  const Elem* vbase[2];              ///< V's halves of group g; V2: vbase[1] null (V has d channels)
+  /// Row j (key index of the sequence) of K_c and of V's half hv.
+  const Elem* krow(int c, std::int64_t j) const { return kbase[c] + p->k_offset(*k[c], b, j); }
+  const Elem* vrow(int hv, std::int64_t j) const { return vbase[hv] + p->k_offset(*v[hv], b, j); }
 };
 
 template <class Elem>
@@ -205,16 +222,15 @@ inline ItemKeys<Elem> item_keys(const Ctx& cx, std::int64_t b, std::int64_t g, s
   item_key_range(cx, i0, nr, s, &ik.lo, &ik.hi);
   ik.kb_last = cx.mask.key_begin(i0 + nr - 1);
   ik.ke_first = cx.mask.key_end(i0);
+  ik.p = &p;
+  ik.b = b;
   ik.k[0] = &p.k1;
   ik.k[1] = &p.key2();
+  for (int c = 0; c < 2; ++c) ik.kbase[c] = static_cast<const Elem*>(ik.k[c]->ptr) + g * ik.k[c]->stride_h;
+  ik.v[0] = &p.v_lo;
+  ik.v[1] = p.is_v2() ? nullptr : &p.v_hi;
   for (int c = 0; c < 2; ++c)
-    ik.kbase[c] = static_cast<const Elem*>(ik.k[c]->ptr) + b * ik.k[c]->stride_b + g * ik.k[c]->stride_h;
-  const ConstTensorRef* vs[2] = {&p.v_lo, &p.v_hi};
-  for (int c = 0; c < 2; ++c) {
-    const bool has = c == 0 || !p.is_v2();
-    ik.vbase[c] = has ? static_cast<const Elem*>(vs[c]->ptr) + b * vs[c]->stride_b + g * vs[c]->stride_h : nullptr;
-    ik.vstride[c] = has ? vs[c]->stride_t : 0;
-  }
+    ik.vbase[c] = ik.v[c] ? static_cast<const Elem*>(ik.v[c]->ptr) + g * ik.v[c]->stride_h : nullptr;
   return ik;
 }
 
@@ -249,7 +265,7 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
   float lambda = 0.0f;
   const P* logits = nullptr;
   if (p.is_v2()) {
-    logits = static_cast<const P*>(p.lambda.logits.ptr) + b * p.lambda.logits.stride_b + h * p.lambda.logits.stride_h;
+    logits = static_cast<const P*>(p.lambda.logits.ptr) + p.q_offset(p.lambda.logits, b) + h * p.lambda.logits.stride_h;
   } else {
     const std::int64_t loff = p.lambda.per_head ? h * d : 0;
     const LambdaTerms<double> lt = lambda_terms<double>(
@@ -264,13 +280,13 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
   const double eps = p.norm.eps;
   const ForwardExtras& x = p.extras;
   const double ln2 = 0.693147180559945309417;
-  Elem* out = static_cast<Elem*>(p.out.ptr) + b * p.out.stride_b + h * p.out.stride_h;
+  Elem* out = static_cast<Elem*>(p.out.ptr) + p.q_offset(p.out, b) + h * p.out.stride_h;
 
   for (std::int64_t i = 0; i < nr; ++i) {
     const float l1 = st.l[0][i], l2 = st.l[1][i];
     const float inv1 = l1 == 0.0f ? 0.0f : 1.0f / l1;  // fully masked row: A = 0 (NaN stays NaN)
     const float inv2 = l2 == 0.0f ? 0.0f : 1.0f / l2;
-    const std::int64_t row = (b * cx.H + h) * cx.N + i0 + i;  // [B, H, N]
+    const std::int64_t row = p.row_index(b, h, i0 + i);  // [B, H, N] (varlen: [H, total_q])
     float* o2row = x.o2 ? static_cast<P*>(x.o2) + row * dv : nullptr;
     if (logits) lambda = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(logits[(i0 + i) * p.lambda.logits.stride_t]))));
     double sum = 0, sumsq = 0;

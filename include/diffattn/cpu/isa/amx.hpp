@@ -108,15 +108,16 @@ inline void transpose16(__m512i r[16]) {
 
 /// vt (dv, 64 keys) bf16 = V^T of keys [0, nj) (zero past nj): rows of 128 bytes. Pairs of keys
 /// are 32-bit words, so it is a 32-bit transpose of the key-pair interleave of V.
-inline void pack_vt(const bfloat16* v, std::int64_t ldv, int nj, std::int64_t dv, std::uint32_t* vt) {
+template <class RowOf>
+inline void pack_vt(RowOf row, int nj, std::int64_t dv, std::uint32_t* vt) {
   for (int jp0 = 0; jp0 < kBlockN / 2; jp0 += 16) {
     for (std::int64_t c0 = 0; c0 < dv; c0 += 16) {
       __m512i r[16];
       for (int q = 0; q < 16; ++q) {
         const int j = 2 * (jp0 + q);
-        const __m512i lo = j < nj ? _mm512_maskz_cvtepu16_epi32(avx512::kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j * ldv + c0)))
+        const __m512i lo = j < nj ? _mm512_maskz_cvtepu16_epi32(avx512::kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row(j) + c0)))
                                   : _mm512_setzero_si512();
-        const __m512i hi = j + 1 < nj ? _mm512_maskz_cvtepu16_epi32(avx512::kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + (j + 1) * ldv + c0)))
+        const __m512i hi = j + 1 < nj ? _mm512_maskz_cvtepu16_epi32(avx512::kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row(j + 1) + c0)))
                                       : _mm512_setzero_si512();
         r[q] = _mm512_or_si512(lo, _mm512_maskz_slli_epi32(avx512::kAll, hi, 16));  // row q: key pair jp0 + q, 16 channels
       }
@@ -192,7 +193,7 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
   const ConstTensorRef* qs[2] = {&p.q1, &p.q2};
   std::uint32_t* qtp[2] = {reinterpret_cast<std::uint32_t*>(ts.qt[0]), reinterpret_cast<std::uint32_t*>(ts.qt[1])};
   for (int c = 0; c < 2; ++c) {
-    const bfloat16* q = static_cast<const bfloat16*>(qs[c]->ptr) + b * qs[c]->stride_b + h * qs[c]->stride_h;
+    const bfloat16* q = static_cast<const bfloat16*>(qs[c]->ptr) + p.q_offset(*qs[c], b) + h * qs[c]->stride_h;
     for (std::int64_t i = 0; i < ld; ++i) {
       if (i < nr) {
         const bfloat16* row = q + (i0 + i) * qs[c]->stride_t;
@@ -206,8 +207,6 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
 
   const ItemKeys<bfloat16> ik = item_keys<bfloat16>(cx, b, g, i0, nr, s);
   const std::int64_t lo = ik.lo, hi = ik.hi, kb_last = ik.kb_last, ke_first = ik.ke_first;
-  const ConstTensorRef* const* ks = ik.k;
-  const bfloat16* const* kbase = ik.kbase;
   bfloat16* kp[2] = {reinterpret_cast<bfloat16*>(ts.kbuf[0]), reinterpret_cast<bfloat16*>(ts.kbuf[1])};
   const int nk = p.is_v2() ? 1 : 2;  // K blocks to pack: V2's two query heads share one K
   std::uint32_t* vt = reinterpret_cast<std::uint32_t*>(ts.vbuf);
@@ -219,11 +218,11 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
     const int njt = (nj + 15) / 16;
     const bool full = !cx.masked || (kb_last <= j0 && ke_first >= j0 + nj);
     for (int c = 0; c < nk; ++c) {
-      for (int j = 0; j < nj; ++j) std::memcpy(kp[c] + j * d, kbase[c] + (j0 + j) * ks[c]->stride_t, d * 2);
+      for (int j = 0; j < nj; ++j) std::memcpy(kp[c] + j * d, ik.krow(c, j0 + j), d * 2);
       std::memset(static_cast<void*>(kp[c] + nj * d), 0, (njt * 16 - nj) * d * 2);
     }
     for (int hv = 0; hv < 2 && ik.vbase[hv]; ++hv)  // V^T rows [hv d, (hv + 1) d) from V's half hv
-      pack_vt(ik.vbase[hv] + j0 * ik.vstride[hv], ik.vstride[hv], nj, d, vt + hv * d * (kBlockN / 2));
+      pack_vt([&](int j) { return ik.vrow(hv, j0 + j); }, nj, d, vt + hv * d * (kBlockN / 2));
     for (int c = 0; c < 2; ++c) {
       const bfloat16* kpc = kp[c < nk ? c : 0];
       // S_c^T = K_c Q_c^T, 16 keys at a time
