@@ -21,7 +21,10 @@
 //   DIFFATTN_BENCH_REF_BWD_MAX_N  largest N for the reference backward (default 1024)
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -292,6 +295,105 @@ void bm_eigen_sgemm(benchmark::State& state) {
   state.counters["threads"] = threads;
 }
 
+// The memory system's bandwidth on the same threads, for the decode figures: `copy` memcpy of a
+// 256 MiB buffer (each thread its slice; bytes = read + written, STREAM's convention) and `read`
+// a sum over 256 MiB (bytes read), both far past any cache.
+void bm_bandwidth(benchmark::State& state, bool copy) {
+  const int threads = bench_threads();
+  const std::size_t n = std::size_t{256} << 20;
+  static std::vector<char> src(n, 1), dst(n, 0);
+  for (auto _ : state) {
+    std::vector<std::thread> th;
+    std::vector<double> sink(threads * 8);
+    for (int t = 0; t < threads; ++t)
+      th.emplace_back([&, t] {
+        const std::size_t a = n * t / threads, b = n * (t + 1) / threads;
+        if (copy) {
+          std::memcpy(dst.data() + a, src.data() + a, b - a);
+        } else {
+          const std::uint64_t* p = reinterpret_cast<const std::uint64_t*>(src.data() + a);
+          std::uint64_t acc[8] = {};
+          for (std::size_t i = 0; i + 8 <= (b - a) / 8; i += 8)
+            for (int k = 0; k < 8; ++k) acc[k] += p[i + k];
+          sink[t * 8] = static_cast<double>(acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7]);
+        }
+      });
+    for (auto& x : th) x.join();
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::DoNotOptimize(sink.data());
+  }
+  state.counters["bytes"] = benchmark::Counter(static_cast<double>(copy ? 2 * n : n), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+
+// Decoding: B sequences of one new query token each over a paged KV cache of S keys (pages of
+// 64 rows, in shuffled order), H = 16 diff heads over Hkv = 2 KV groups (GQA 8:1), d = 64,
+// causal, the official lambda/RMSNorm; cpu::forward with its split-KV heuristic. Enough
+// replicas of the cache (at least 256 MiB in all) are cycled through that every step reads its
+// keys from memory, not from a cache level. Counters: `tokens` (B per step), `bytes` (the K_1,
+// K_2 and V bytes of the step: B S Hkv 4 d elements; V2: B S Hkv 2 d), and `flops`.
+template <class T>
+void bm_decode(benchmark::State& state, std::int64_t B, std::int64_t S, bool v2) {
+  const std::int64_t H = 16, G = 2, d = 64, page = 64, dv = v2 ? d : 2 * d, kh = v2 ? G : 2 * G;
+  const std::int64_t pages_per_seq = (S + page - 1) / page;
+  const std::int64_t step_bytes = B * S * G * (v2 ? 2 : 4) * d * static_cast<std::int64_t>(sizeof(T));
+  const std::int64_t reps = std::max<std::int64_t>(1, ((std::int64_t{256} << 20) + step_bytes - 1) / step_bytes);
+  const std::int64_t num_pages = reps * B * pages_per_seq;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<T> kc(static_cast<std::size_t>(num_pages * page * kh * d)), vc(static_cast<std::size_t>(num_pages * page * G * dv));
+  for (auto& x : kc) x = T(nd(rng));
+  for (auto& x : vc) x = T(nd(rng));
+  std::vector<T> q(static_cast<std::size_t>(B * 2 * H * d)), out(static_cast<std::size_t>(B * H * dv));
+  for (auto& x : q) x = T(nd(rng));
+  std::vector<float> lam(d, 0.1f), gamma(dv, 1.0f), logits(B * H, 0.5f);
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(num_pages)), used(B, static_cast<std::int32_t>(S));
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(i);
+  std::shuffle(ids.begin(), ids.end(), rng);  // replica r's tables: pages [r B P, (r + 1) B P) of the shuffle
+  da::Params p;
+  p.batch = B; p.seqlen_q = 1; p.seqlen_k = S; p.heads = H; p.kv_heads = G; p.head_dim = d;
+  p.dtype = da::dtype_of_v<T>;
+  p.q1 = {q.data(), 2 * H * d, 2 * H * d, 2 * d};
+  p.q2 = {q.data() + d, 2 * H * d, 2 * H * d, 2 * d};
+  p.out = {out.data(), H * dv, H * dv, dv};
+  p.k1 = {kc.data(), page * kh * d, kh * d, v2 ? d : 2 * d};
+  p.v_lo = {vc.data(), page * G * dv, G * dv, dv};
+  if (v2) {
+    p.variant = da::Variant::diff_v2;
+    p.lambda.logits = {logits.data(), H, H, 1};
+    p.norm.kind = da::NormKind::none;
+  } else {
+    p.k2 = {kc.data() + d, page * kh * d, kh * d, 2 * d};
+    p.v_hi = {vc.data() + d, page * G * dv, G * dv, dv};
+    p.lambda = {lam.data(), lam.data(), lam.data(), lam.data(), false, da::lambda_init_for_depth(3)};
+    p.norm.kind = da::NormKind::rms;
+    p.norm.gamma = gamma.data();
+  }
+  p.mask.kind = da::MaskKind::causal;
+  p.seq.seqused_k = used.data();
+  p.seq.page_size = page;
+  p.seq.max_pages = pages_per_seq;
+  p.seq.num_pages = num_pages;
+  da::cpu::Options opt;
+  opt.num_threads = bench_threads();
+  std::int64_t r = 0;
+  for (auto _ : state) {
+    p.seq.block_table = ids.data() + r * B * pages_per_seq;
+    r = (r + 1) % reps;
+    const da::Status st = da::cpu::forward(p, opt);
+    if (!st.ok()) {
+      state.SkipWithError(st.to_string().c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["tokens"] = benchmark::Counter(static_cast<double>(B), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes"] = benchmark::Counter(static_cast<double>(step_bytes), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["flops"] = benchmark::Counter(static_cast<double>(B * H * S * (v2 ? 8 : 12) * d), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = opt.num_threads;
+}
+
 // The tile products of one 64-query block against 64 keys (d = 64, dv = 128), single thread:
 // the micro-tiles of a CPU path (cpu/detail/algorithm.inl, through its entry points) against
 // Eigen on the same row-major operands, to show which one the kernel should use at these sizes.
@@ -384,6 +486,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_cpu_forward: %s\n", da::cpu::select_isa(da::cpu::Isa::automatic, &i).to_string().c_str());
     return 1;
   }
+  benchmark::RegisterBenchmark("peak/copy_bandwidth", [](benchmark::State& s) { bm_bandwidth(s, true); })
+      ->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("peak/read_bandwidth", [](benchmark::State& s) { bm_bandwidth(s, false); })
+      ->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (std::int64_t B : {1, 16, 64})
+    for (std::int64_t S : {1024, 8192, 32768})
+      for (bool v2 : {false, true}) {
+        if (B * S > 16 * 32768) continue;  // the cache replicas of B = 64, S = 32k: 1 GiB each
+        const std::string tail = "/B:" + std::to_string(B) + "/S:" + std::to_string(S);
+        const char* fam = v2 ? "cpu_decode_v2/" : "cpu_decode/";
+        benchmark::RegisterBenchmark((fam + std::string("bf16") + tail).c_str(),
+                                     [=](benchmark::State& s) { bm_decode<da::bfloat16>(s, B, S, v2); })
+            ->Unit(benchmark::kMillisecond)->UseRealTime();
+        benchmark::RegisterBenchmark((fam + std::string("f32") + tail).c_str(),
+                                     [=](benchmark::State& s) { bm_decode<float>(s, B, S, v2); })
+            ->Unit(benchmark::kMillisecond)->UseRealTime();
+      }
   register_dtype<float>("f32");
   register_dtype<da::bfloat16>("bf16");
   register_dtype<da::half>("f16");

@@ -115,6 +115,7 @@ namespace detail {
 struct Plan {
   int threads = 1;
   int nsplit = 1;
+  std::int64_t pack = 1;   ///< query heads per work item (Ctx::pack)
   std::int64_t nqb = 0;    ///< query blocks of the longest sequence
   std::int64_t blocks = 0; ///< (sequence, query block) pairs: B * nqb, or their sum over varlen sequences
   std::int64_t units = 0;  ///< H * blocks work units (before key splits)
@@ -137,17 +138,24 @@ inline Plan make_plan(const Params& p, const Options& o, Isa isa) {
   pl.geo.d = p.head_dim;
   pl.geo.dv = p.value_dim();
   pl.geo.bm = amx_items(isa, p.dtype, p.head_dim) ? kBlockMAmx : kBlockM;
-  pl.nqb = (p.seqlen_q + pl.geo.bm - 1) / pl.geo.bm;
+  // GQA packing: with fewer query tokens than a column group (decoding, speculative decoding),
+  // the n_rep heads of a KV group share one item, so that each block of K_1, K_2 and V is
+  // packed and read once per group instead of once per head (the rows of one item fill the
+  // vector lanes the lone token of a head would leave empty)
+  const std::int64_t rep = p.n_rep();
+  pl.pack = rep > 1 && p.seqlen_q < kColGroup && p.seqlen_q * rep <= pl.geo.bm ? rep : 1;
+  pl.nqb = (p.seqlen_q * pl.pack + pl.geo.bm - 1) / pl.geo.bm;
   if (p.seq.varlen_q()) {  // validated tables: lengths in [0, seqlen_q]
     pl.qb_prefix.resize(static_cast<std::size_t>(p.batch) + 1);
     pl.qb_prefix[0] = 0;
     for (std::int64_t b = 0; b < p.batch; ++b)
-      pl.qb_prefix[static_cast<std::size_t>(b) + 1] = pl.qb_prefix[static_cast<std::size_t>(b)] + (p.q_len(b) + pl.geo.bm - 1) / pl.geo.bm;
+      pl.qb_prefix[static_cast<std::size_t>(b) + 1] =
+          pl.qb_prefix[static_cast<std::size_t>(b)] + (p.q_len(b) * pl.pack + pl.geo.bm - 1) / pl.geo.bm;
     pl.blocks = pl.qb_prefix.back();
   } else {
     pl.blocks = p.batch * pl.nqb;
   }
-  pl.units = p.heads * pl.blocks;
+  pl.units = p.heads / pl.pack * pl.blocks;
   const std::int64_t key_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
   if (p.seq.num_splits > 0) {
     pl.nsplit = p.seq.num_splits;  // the caller's (at most kMaxSplits), even past the key blocks
@@ -175,6 +183,7 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
   cx.masked = p.mask.kind != MaskKind::none;
   cx.nqb = pl.nqb;
   cx.nsplit = pl.nsplit;
+  cx.pack = pl.pack;
 
   const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(ws_raw);
   float* ws = reinterpret_cast<float*>(static_cast<unsigned char*>(ws_raw) + (64 - a % 64) % 64);
@@ -183,10 +192,11 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
   const std::int64_t sfl = pl.geo.state_floats();
   const std::int64_t n_items = pl.units * pl.nsplit;
 
-  // work unit u = t * H + h: head h of block t (Plan::block_of); items from the last block
-  // (most keys under a causal mask), each unit's splits adjacent
+  // work unit u = t * U + k: heads [k pack, (k + 1) pack) of block t (Plan::block_of), U = H / pack;
+  // items from the last block (most keys under a causal mask), each unit's splits adjacent
+  const std::int64_t U = p.heads / pl.pack;
   auto nv_of = [&](const Ctx& c, std::int64_t qb) {
-    const std::int64_t nr = std::min<std::int64_t>(pl.geo.bm, c.N - qb * pl.geo.bm);
+    const std::int64_t nr = std::min<std::int64_t>(pl.geo.bm, c.rows() - qb * pl.geo.bm);
     return static_cast<int>((nr + kColGroup - 1) / kColGroup);
   };
   const Kernels::ProcessFn process = kern.process<Elem>();
@@ -200,10 +210,10 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
     for (;;) {
       const std::int64_t k = next.fetch_add(1, std::memory_order_relaxed);
       if (k >= n_items) break;
-      const std::int64_t u = pl.units - 1 - k / pl.nsplit, h = u % p.heads;
+      const std::int64_t u = pl.units - 1 - k / pl.nsplit, h = u % U * pl.pack;
       const int s = static_cast<int>(k % pl.nsplit);
       std::int64_t b, qb;
-      pl.block_of(u / p.heads, p.batch, &b, &qb);
+      pl.block_of(u / U, p.batch, &b, &qb);
       const Ctx cb = cx.for_sequence(b);
       const int nv = nv_of(cb, qb);
       if (pl.nsplit == 1) {
@@ -223,9 +233,9 @@ void run_typed(const Params& p, const Plan& pl, const Kernels& kern, void* ws_ra
     for (;;) {
       const std::int64_t u = next2.fetch_add(1, std::memory_order_relaxed);
       if (u >= pl.units) break;
-      const std::int64_t h = u % p.heads;
+      const std::int64_t h = u % U * pl.pack;
       std::int64_t b, qb;
-      pl.block_of(u / p.heads, p.batch, &b, &qb);
+      pl.block_of(u / U, p.batch, &b, &qb);
       const Ctx cb = cx.for_sequence(b);
       for (int s = 0; s < pl.nsplit; ++s) states[s] = split_state(u, s);
       const int nv = nv_of(cb, qb);

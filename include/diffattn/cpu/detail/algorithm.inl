@@ -182,10 +182,10 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
   constexpr int LD = Cols<NV>::LD;
   const Params& p = *cx.p;
   const std::int64_t d = cx.geo.d, dv = cx.geo.dv;
-  const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.N - i0);
+  const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.rows() - i0);
   const std::int64_t g = h / cx.rep;
 
-  // Q_c^T of the block (zero columns past the last row)
+  // Q_c^T of the block (zero columns past the last row); row v: token v / pack of head h + v % pack
   const ConstTensorRef* qs[2] = {&p.q1, &p.q2};
   for (int c = 0; c < 2; ++c) {
     const Elem* q = static_cast<const Elem*>(qs[c]->ptr) + p.q_offset(*qs[c], b) + h * qs[c]->stride_h;
@@ -193,7 +193,7 @@ void process_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb
     for (std::int64_t i = 0; i < LD; ++i) {
       if (i < nr) {
         float* row = ts.arow;  // d <= dv floats of temporary space
-        to_float(q + (i0 + i) * qs[c]->stride_t, row, d);
+        to_float(q + cx.tok(i0 + i) * qs[c]->stride_t + (i0 + i) % cx.pack * qs[c]->stride_h, row, d);
         for (std::int64_t x = 0; x < d; ++x) qt[x * LD + i] = row[x];
       } else {
         for (std::int64_t x = 0; x < d; ++x) qt[x * LD + i] = 0.0f;

@@ -172,6 +172,13 @@ struct Ctx {
   bool masked = false;
   std::int64_t nqb = 0;  ///< query blocks per head (the most of any sequence)
   int nsplit = 1;        ///< key splits per query block
+  /// Query heads per work item: 1, or n_rep when the heads of a GQA group are packed into the
+  /// rows of one item (decoding: few query tokens, so that each K and V block is packed and read
+  /// once for the whole group). An item's row v is token v / pack of head h0 + v % pack, h0 the
+  /// item's first head; its rows are N_b * pack.
+  std::int64_t pack = 1;
+  std::int64_t tok(std::int64_t v) const { return v / pack; }
+  std::int64_t rows() const { return N * pack; }
 
   /// This context for sequence b: its own N_b, S_b and mask (Params::seq), the same one
   /// when the call has no serving layout.
@@ -188,7 +195,7 @@ struct Ctx {
 /// The key range [lo, hi) of split s of the visible keys of rows [i0, i0 + nr).
 inline void item_key_range(const Ctx& cx, std::int64_t i0, std::int64_t nr, int s, std::int64_t* lo,
                            std::int64_t* hi) {
-  const std::int64_t a = cx.mask.key_begin(i0), b = std::max(a, cx.mask.key_end(i0 + nr - 1));
+  const std::int64_t a = cx.mask.key_begin(cx.tok(i0)), b = std::max(a, cx.mask.key_end(cx.tok(i0 + nr - 1)));
   if (cx.nsplit == 1) { *lo = a; *hi = b; return; }
   const std::int64_t blocks = (b - a + kBlockN - 1) / kBlockN;
   const std::int64_t per = (blocks + cx.nsplit - 1) / cx.nsplit * kBlockN;
@@ -220,8 +227,8 @@ inline ItemKeys<Elem> item_keys(const Ctx& cx, std::int64_t b, std::int64_t g, s
   const Params& p = *cx.p;
   ItemKeys<Elem> ik;
   item_key_range(cx, i0, nr, s, &ik.lo, &ik.hi);
-  ik.kb_last = cx.mask.key_begin(i0 + nr - 1);
-  ik.ke_first = cx.mask.key_end(i0);
+  ik.kb_last = cx.mask.key_begin(cx.tok(i0 + nr - 1));
+  ik.ke_first = cx.mask.key_end(cx.tok(i0));
   ik.p = &p;
   ik.b = b;
   ik.k[0] = &p.k1;
@@ -241,8 +248,8 @@ inline void begin_item(const Ctx& cx, std::int64_t i0, std::int64_t nr, int ld, 
                        const ThreadScratch& ts, const State& state) {
   for (int i = 0; i < ld; ++i) {
     const bool real = i < nr;
-    ts.kb[i] = real ? static_cast<std::int32_t>(cx.mask.key_begin(i0 + i)) : 0;
-    ts.ke[i] = real ? static_cast<std::int32_t>(cx.mask.key_end(i0 + i)) : 0;
+    ts.kb[i] = real ? static_cast<std::int32_t>(cx.mask.key_begin(cx.tok(i0 + i))) : 0;
+    ts.ke[i] = real ? static_cast<std::int32_t>(cx.mask.key_end(cx.tok(i0 + i))) : 0;
   }
   for (int c = 0; c < 2; ++c) {
     for (int i = 0; i < ld; ++i) {
@@ -260,18 +267,20 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
   using P = float;
   const Params& p = *cx.p;
   const std::int64_t d = cx.geo.d, dv = cx.geo.dv, ld = nv * kColGroup;
-  const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.N - i0);
-  // V1: one lambda for the head; V2: lambda of each row, sigmoid of its logit
-  float lambda = 0.0f;
+  const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.rows() - i0);
+  // V1: one lambda per head (of the pack heads of the item); V2: lambda of each row, sigmoid of its logit
+  float lambdas[kBlockM] = {};
   const P* logits = nullptr;
   if (p.is_v2()) {
-    logits = static_cast<const P*>(p.lambda.logits.ptr) + p.q_offset(p.lambda.logits, b) + h * p.lambda.logits.stride_h;
+    logits = static_cast<const P*>(p.lambda.logits.ptr) + p.q_offset(p.lambda.logits, b);
   } else {
-    const std::int64_t loff = p.lambda.per_head ? h * d : 0;
-    const LambdaTerms<double> lt = lambda_terms<double>(
-        static_cast<const P*>(p.lambda.lq1) + loff, static_cast<const P*>(p.lambda.lk1) + loff,
-        static_cast<const P*>(p.lambda.lq2) + loff, static_cast<const P*>(p.lambda.lk2) + loff, d);
-    lambda = static_cast<float>(lt.value(p.lambda.lambda_init));
+    for (std::int64_t k = 0; k < cx.pack && k < kBlockM; ++k) {
+      const std::int64_t loff = p.lambda.per_head ? (h + k) * d : 0;
+      const LambdaTerms<double> lt = lambda_terms<double>(
+          static_cast<const P*>(p.lambda.lq1) + loff, static_cast<const P*>(p.lambda.lk1) + loff,
+          static_cast<const P*>(p.lambda.lq2) + loff, static_cast<const P*>(p.lambda.lk2) + loff, d);
+      lambdas[k] = static_cast<float>(lt.value(p.lambda.lambda_init));
+    }
   }
   const NormKind norm = p.norm_kind();
   const float out_scale = static_cast<float>(p.out_scale());
@@ -280,15 +289,19 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
   const double eps = p.norm.eps;
   const ForwardExtras& x = p.extras;
   const double ln2 = 0.693147180559945309417;
-  Elem* out = static_cast<Elem*>(p.out.ptr) + p.q_offset(p.out, b) + h * p.out.stride_h;
+  Elem* out = static_cast<Elem*>(p.out.ptr) + p.q_offset(p.out, b);
 
   for (std::int64_t i = 0; i < nr; ++i) {
     const float l1 = st.l[0][i], l2 = st.l[1][i];
     const float inv1 = l1 == 0.0f ? 0.0f : 1.0f / l1;  // fully masked row: A = 0 (NaN stays NaN)
     const float inv2 = l2 == 0.0f ? 0.0f : 1.0f / l2;
-    const std::int64_t row = p.row_index(b, h, i0 + i);  // [B, H, N] (varlen: [H, total_q])
+    const std::int64_t tok = cx.tok(i0 + i), hk = (i0 + i) % cx.pack, hh = h + hk;  // this row's token and head
+    const std::int64_t row = p.row_index(b, hh, tok);  // [B, H, N] (varlen: [H, total_q])
     float* o2row = x.o2 ? static_cast<P*>(x.o2) + row * dv : nullptr;
-    if (logits) lambda = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(logits[(i0 + i) * p.lambda.logits.stride_t]))));
+    float lambda = lambdas[hk];
+    if (logits)
+      lambda = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(
+                                                    logits[tok * p.lambda.logits.stride_t + hh * p.lambda.logits.stride_h]))));
     double sum = 0, sumsq = 0;
     for (std::int64_t ch = 0; ch < dv; ++ch) {
       const float o2 = st.ot[1][ch * ld + i] * inv2;
@@ -308,7 +321,7 @@ void epilogue(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_t qb, in
       rstd = 1.0 / std::sqrt(var / static_cast<double>(dv) + eps);
     }
     const float fm = static_cast<float>(mean), fr = static_cast<float>(rstd);
-    Elem* orow = out + (i0 + i) * p.out.stride_t;
+    Elem* orow = out + tok * p.out.stride_t + hh * p.out.stride_h;
     for (std::int64_t ch = 0; ch < dv; ++ch) {
       float y = arow[ch];
       if (norm == NormKind::rms) {

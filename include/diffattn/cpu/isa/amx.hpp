@@ -185,7 +185,7 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
   constexpr int ld = NV * kColGroup;
   const Params& p = *cx.p;
   const std::int64_t d = cx.geo.d, dv = cx.geo.dv;
-  const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.N - i0);
+  const std::int64_t i0 = qb * cx.geo.bm, nr = std::min<std::int64_t>(cx.geo.bm, cx.rows() - i0);
   const std::int64_t g = h / cx.rep;
   amx_configure();
 
@@ -196,7 +196,7 @@ void process_item_amx(const Ctx& cx, std::int64_t b, std::int64_t h, std::int64_
     const bfloat16* q = static_cast<const bfloat16*>(qs[c]->ptr) + p.q_offset(*qs[c], b) + h * qs[c]->stride_h;
     for (std::int64_t i = 0; i < ld; ++i) {
       if (i < nr) {
-        const bfloat16* row = q + (i0 + i) * qs[c]->stride_t;
+        const bfloat16* row = q + cx.tok(i0 + i) * qs[c]->stride_t + (i0 + i) % cx.pack * qs[c]->stride_h;
         for (std::int64_t kp = 0; kp < d / 2; ++kp) std::memcpy(&qtp[c][kp * ld + i], row + 2 * kp, 4);
       } else {
         for (std::int64_t kp = 0; kp < d / 2; ++kp) qtp[c][kp * ld + i] = 0;
