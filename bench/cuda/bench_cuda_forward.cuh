@@ -16,11 +16,15 @@
 // cuda_backward[_v2]/<dtype>/<mask>/d:<d>/N:<N> (dQ by atomics) and cuda_backward_det[_v2]/...
 // (the deterministic option), counted by docs/SPEC.md's backward count (20 N S d per head, V2
 // 16), timed over the four kernels of one call, from the saved tensors of one forward.
+//
+// Decoding over a paged cache (d = 64): cuda_decode[_v2]/<dtype>/B:<B>/S:<S>, counters `bytes`
+// (K and V read per second), `tokens`, `flops`, beside peak/cuda_copy (see bm_decode).
 #pragma once
 
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <string>
@@ -189,6 +193,92 @@ inline const char* mask_name(da::MaskKind m) {
   return m == da::MaskKind::none ? "none" : (m == da::MaskKind::causal ? "causal" : "window");
 }
 
+/// Decoding (issue-13 serving layouts): B sequences of one query token over a paged cache of S
+/// keys (pages of 64 rows in shuffled order), H = 16 diff heads over Hkv = 2 KV groups (GQA 8:1),
+/// causal, the official lambda/RMSNorm; counters `bytes` (K_1, K_2 and V read: B S Hkv 4 d
+/// elements; V2 2 d), `tokens` (B per call) and `flops`. Beside it, peak/cuda_copy: a 1 GiB
+/// device-to-device copy (bytes read + written) on the same GPU.
+template <class Traits>
+void bm_decode(benchmark::State& state, std::int64_t B, std::int64_t S) {
+  using Elem = typename Traits::Elem;
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  constexpr bool v2 = Traits::kV2;
+  const std::int64_t H = 16, G = 2, d = Traits::kHeadDim, page = 64, dv = v2 ? d : 2 * d, kh = v2 ? G : 2 * G;
+  const std::int64_t ppseq = (S + page - 1) / page, num_pages = B * ppseq;
+  void *q, *kc, *vc, *out, *lam, *gamma, *table, *used;
+  cudaMalloc(&q, B * 2 * H * d * 2); cudaMalloc(&out, B * H * dv * 2);
+  cudaMalloc(&kc, num_pages * page * kh * d * 2); cudaMalloc(&vc, num_pages * page * G * dv * 2);
+  cudaMalloc(&lam, (v2 ? B * H : 4 * d) * sizeof(float)); cudaMalloc(&gamma, dv * sizeof(float));
+  cudaMalloc(&table, num_pages * 4); cudaMalloc(&used, B * 4);
+  fill_device<Elem>(q, B * 2 * H * d, 11, 1.f);
+  fill_device<Elem>(kc, num_pages * page * kh * d, 12, 1.f);
+  fill_device<Elem>(vc, num_pages * page * G * dv, 13, 1.f);
+  fill_device<float>(lam, v2 ? B * H : 4 * d, 14, v2 ? 1.5f : 0.1f);
+  fill_device<float>(gamma, dv, 15, 1.f);
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(num_pages)), lens(static_cast<std::size_t>(B), static_cast<std::int32_t>(S));
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(i);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(7));
+  cudaMemcpy(table, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(used, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice);
+  da::Params p;
+  p.batch = B; p.seqlen_q = 1; p.seqlen_k = S; p.heads = H; p.kv_heads = G; p.head_dim = d;
+  p.dtype = Traits::kDType;
+  const Elem* qe = static_cast<const Elem*>(q);
+  const Elem* ke = static_cast<const Elem*>(kc);
+  const Elem* ve = static_cast<const Elem*>(vc);
+  p.q1 = {qe, 2 * H * d, 2 * H * d, 2 * d};
+  p.q2 = {qe + d, 2 * H * d, 2 * H * d, 2 * d};
+  p.out = {out, H * dv, H * dv, dv};
+  p.k1 = {ke, page * kh * d, kh * d, v2 ? d : 2 * d};
+  p.v_lo = {ve, page * G * dv, G * dv, dv};
+  const float* l = static_cast<const float*>(lam);
+  if constexpr (v2) {
+    p.variant = da::Variant::diff_v2;
+    p.lambda.logits = {l, H, H, 1};
+    p.norm.kind = da::NormKind::none;
+  } else {
+    p.k2 = {ke + d, page * kh * d, kh * d, 2 * d};
+    p.v_hi = {ve + d, page * G * dv, G * dv, dv};
+    p.lambda = {l, l + d, l + 2 * d, l + 3 * d, false, da::lambda_init_for_depth(4)};
+    p.norm.kind = da::NormKind::rms;
+    p.norm.gamma = gamma;
+  }
+  p.mask.kind = da::MaskKind::causal;
+  p.seq.block_table = static_cast<const std::int32_t*>(table);
+  p.seq.seqused_k = static_cast<const std::int32_t*>(used);
+  p.seq.max_pages = ppseq; p.seq.page_size = page; p.seq.num_pages = num_pages;
+  const da::Status s = da::cuda::forward_config<Traits>(p, nullptr);  // warm-up, validated
+  if (!s.ok()) {
+    state.SkipWithError(s.to_string().c_str());
+  } else {
+    time_launches(state, [&] { (void)da::cuda::detail::launch_forward<Traits>(p, nullptr); });
+    const double bytes = static_cast<double>(B * S * G * (v2 ? 2 : 4) * d * 2);
+    state.counters["bytes"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["tokens"] = benchmark::Counter(static_cast<double>(B), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["flops"] = benchmark::Counter(static_cast<double>(B * H * S * (v2 ? 8 : 12) * d),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  }
+  for (void* x : {q, kc, vc, out, lam, gamma, table, used}) cudaFree(x);
+}
+
+/// peak/cuda_copy: a 1 GiB device-to-device cudaMemcpy (bytes read + written per second).
+inline void bm_cuda_copy(benchmark::State& state) {
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const std::size_t n = std::size_t{1} << 30;
+  void *a, *b;
+  cudaMalloc(&a, n); cudaMalloc(&b, n);
+  cudaMemset(a, 1, n);
+  time_launches(state, [&] { cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, nullptr); });
+  state.counters["bytes"] = benchmark::Counter(2.0 * n, benchmark::Counter::kIsIterationInvariantRate);
+  cudaFree(a); cudaFree(b);
+}
+
 /// Registers the runs of one configuration: cuda_forward/<dtype>/<mask>/d:<d>[/<variant>]/N:<N>,
 /// with variant "m<BlockM>_n<BlockN>_1p" or "m<BlockM>_n<BlockN>_2p_p1n<BlockN1>" for the tuning
 /// candidates.
@@ -198,6 +288,17 @@ void register_config(bool variant = false) {
   const std::string tag = variant ? "/m" + std::to_string(Traits::kBlockM) + "_n" + std::to_string(Traits::kBlockN) +
                                         (Traits::kSinglePass ? std::string("_1p") : "_2p_p1n" + std::to_string(Traits::kBlockN1))
                                   : std::string();
+  if (!variant && Traits::kHeadDim == 64) {  // the decode runs: d = 64, B 1 to 64, S 1k to 32k
+    for (std::int64_t B : {1, 16, 64})
+      for (std::int64_t S : {1024, 8192, 32768}) {
+        const std::string name = std::string(Traits::kV2 ? "cuda_decode_v2/" : "cuda_decode/") + dtype + "/B:" +
+                                 std::to_string(B) + "/S:" + std::to_string(S);
+        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_decode<Traits>(st, B, S); })
+            ->UseManualTime()->Unit(benchmark::kMicrosecond);
+      }
+    if (Traits::kFmt == da::simt::fmt16::bf16 && !Traits::kV2)
+      benchmark::RegisterBenchmark("peak/cuda_copy", bm_cuda_copy)->UseManualTime()->Unit(benchmark::kMillisecond);
+  }
   for (da::MaskKind m : {da::MaskKind::none, da::MaskKind::causal}) {
     const std::string name = std::string(Traits::kV2 ? "cuda_forward_v2/" : "cuda_forward/") + dtype + "/" + mask_name(m) + "/d:" +
                              std::to_string(Traits::kHeadDim) + tag;

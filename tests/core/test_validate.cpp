@@ -159,6 +159,22 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
        }},
       // before: a fully masked row (A = 0) gave 0 * 1/sqrt(eps) = 0 * inf = NaN in fp32
       {"eps below 1e-30", "norm.eps must be finite and >= 1e-30 (got 1e-80", INV, [](da::Params& p, auto&, auto&) { p.norm.eps = 1e-80; }},
+      // serving layouts (Params::seq): a backend without them (CUDA today) names the field
+      {"seqused_k on a backend without serving layouts", "seq.seqused_k: the reference backend takes the dense layout", UNS,
+       [](da::Params& p, auto&, da::BackendCaps& c) {
+         static const std::int32_t used[2] = {3, 7};
+         p.seq.seqused_k = used;
+         c.serving = false;
+       }},
+      {"num_splits negative", "seq.num_splits", INV, [](da::Params& p, auto&, auto&) { p.seq.num_splits = -1; }},
+      {"total_q without cu_seqlens_q", "seq.total_q is set", INV, [](da::Params& p, auto&, auto&) { p.seq.total_q = 10; }},
+      {"page_size without a block table", "seq.block_table is null", INV, [](da::Params& p, auto&, auto&) { p.seq.page_size = 16; }},
+      {"new keys without append_kv", "seq.append_kv is false", INV, [](da::Params& p, auto&, auto&) { p.seq.new_k1 = p.k1; }},
+      {"seqused_k past seqlen_k", "seq.seqused_k", INV,
+       [](da::Params& p, auto&, auto&) {
+         static const std::int32_t used[2] = {3, 8};  // S = 7
+         p.seq.seqused_k = used;
+       }},
   };
   CHECK(cases.size() >= 25);
   for (const Case& c : cases) {
@@ -176,7 +192,8 @@ TEST_CASE("validate: every bad forward input is rejected, named, and nothing is 
     CHECK_MESSAGE(st.message().find(c.names) != std::string::npos, "message: " << st.message());
     // the entry point returns the same status and writes nothing
     if (caps.dtype_mask == da::reference::caps().dtype_mask && caps.max_head_dim == 1024 &&
-        caps.head_dims[0] == 0 && caps.align_bytes == 0 && caps.max_seqlen == da::reference::caps().max_seqlen) {
+        caps.head_dims[0] == 0 && caps.align_bytes == 0 && caps.max_seqlen == da::reference::caps().max_seqlen &&
+        caps.serving == da::reference::caps().serving) {
       const da::Status sf = da::reference::forward<double>(p);
       CHECK(sf.code() == st.code());
       CHECK(sf.message() == st.message());

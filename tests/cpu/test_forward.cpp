@@ -37,26 +37,6 @@ template <class Elem> constexpr double unit_roundoff() { return 0; }
 template <> constexpr double unit_roundoff<da::half>() { return 0x1p-11; }
 template <> constexpr double unit_roundoff<da::bfloat16>() { return 0x1p-8; }
 
-// max |a - b| over the elements where both are finite (LSE of masked rows is -inf in both)
-double max_abs_diff_finite(const std::vector<double>& a, const std::vector<double>& b) {
-  double m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::isfinite(a[i]) && std::isfinite(b[i])) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
-double max_abs(const std::vector<double>& a) {
-  double m = 0;
-  for (double x : a) if (std::isfinite(x)) m = std::max(m, std::fabs(x));
-  return m;
-}
-
-// got vs want with the 2x-naive rule above
-void check_rule(const std::vector<double>& got, const std::vector<double>& naive,
-                const std::vector<double>& want, double rtol, const char* what) {
-  const double atol = 2 * max_abs_diff_finite(naive, want) + 1e-6 * max_abs(want);
-  check_close(got, want, atol, rtol, what);
-}
-
 // The naive computation in the precision of the AMX bfloat16 path: fp32 math on the bf16
 // inputs, with P_1 and P_2 rounded to bfloat16 before P V (support/naive_lowp.hpp; the kernel
 // rounds the unnormalised exp2(s - m) instead: the same 2^-9 relative error per term). Fills

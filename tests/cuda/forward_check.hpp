@@ -6,6 +6,7 @@
 #include <string>
 
 #include "support/naive_lowp.hpp"
+#include "support/serving.hpp"
 
 namespace dt {
 
@@ -118,6 +119,107 @@ void check_forward_small_cases(const std::function<da::Status(const da::Params&)
   w.B = 1; w.N = 40; w.S = 77; w.H = 2; w.Hkv = 2; w.d = Traits::kHeadDim; w.mask = da::MaskKind::window;
   w.wl = 9; w.wr = 20;
   check_forward_case<Traits>(w, 23, false, run, st);
+}
+
+/// The serving layouts (Params::seq: packed queries and keys, seqused_k, pages, append) in one
+/// configuration: `run` on a Served problem (tests/support/serving.hpp), each sequence checked
+/// against the double reference of its dense problem with check_forward_case's rules (out: 2x
+/// the naive 16-bit computation's error plus 2 u; A, LSEs, rstd as there), the appended cache
+/// rows bit for bit. Pages of 32 rows (a multiple of every configuration's key tiles) and 64;
+/// pages of 16 are `unsupported` where a key tile is 32, and every paged cache in the two-pass
+/// kernel (V1 at d = 96 and 128), with nothing written.
+template <class Traits>
+void check_forward_serving(const std::function<da::Status(const da::Params&)>& run) {
+  using Elem = typename Traits::Elem;
+  const double u = Traits::kFmt == da::simt::fmt16::f16 ? 0x1p-11 : 0x1p-8;
+  std::uint64_t seed = 7000 + 10 * Traits::kHeadDim + (Traits::kV2 ? 5 : 0);
+  auto one = [&](Serve s) {
+    s.d = Traits::kHeadDim;
+    s.v2 = Traits::kV2;
+    Served<Elem> c(s, ++seed);
+    INFO(std::string(da::dtype_name(Traits::kDType)) << " d=" << Traits::kHeadDim << " seed " << seed << " " << s.str());
+    const std::vector<Elem> kc0 = c.kc, vc0 = c.vc;
+    da::Params p = c.params();
+    p.extras.o2 = nullptr;  // the two-pass form has none
+    const da::Status status = run(p);
+    if (s.page_size > 0 && !Traits::kSinglePass) {  // no paged path in the two-pass kernel
+      CHECK(status.code() == da::StatusCode::unsupported);
+      CHECK_MESSAGE(status.message().find("seq.block_table") != std::string::npos, status.to_string());
+      for (Elem x : c.out) REQUIRE(std::isnan(static_cast<float>(x)));  // nothing written
+      CHECK(std::memcmp(c.kc.data(), kc0.data(), kc0.size() * sizeof(Elem)) == 0);  // no append either
+      return;
+    }
+    REQUIRE_MESSAGE(status.ok(), status.to_string());
+    for (i64 b = 0; b < s.B(); ++b) {
+      if (s.nq[b] == 0) continue;
+      INFO("sequence " << b << " (N_b " << s.nq[b] << ", S_b " << s.nk[b] << ")");
+      const auto got = outputs_of(c, b);
+      std::vector<std::vector<double>> want, naive_out(2);
+      if (s.nk[b] == 0) {
+        want = fully_masked_outputs(c, b);
+        naive_out = {want[0], want[3]};
+      } else {
+        Problem<double> ref = widen(c.seqs[b]);
+        da::Params pr = ref.params();
+        REQUIRE(da::reference::forward<double>(pr).ok());
+        want = outputs_of(ref, s.nq[b]);
+        const NaiveLowp n = naive_lowp_forward(c.seqs[b], /*separate=*/Traits::kSinglePass);
+        naive_out = {n.out, n.attn};
+      }
+      check_close(got[0], want[0], 2 * max_abs_diff(naive_out[0], want[0]) + 2 * u, 0, "out");
+      double amax = 0;
+      for (double x : want[3]) amax = std::max(amax, std::fabs(x));
+      check_close(got[3], want[3], 2 * max_abs_diff(naive_out[1], want[3]) + u * amax / 16 + 1e-6, 0, "attn (A)");
+      check_close(got[1], want[1], 1e-4, 1e-4, "lse1");
+      check_close(got[2], want[2], 1e-4, 1e-4, "lse2");
+      check_close(got[5], want[5], 0, 4 * u + 1e-4, "rstd");
+    }
+    if (s.append) check_append(c, kc0, vc0);  // the new rows bit for bit, the rest unchanged
+  };
+  Serve s;  // ragged varlen queries and keys, empty and length-1 sequences, a sequence with no keys
+  s.nq = {5, 0, 1, 70, 3};
+  s.nk = {9, 4, 1, 130, 0};
+  s.varlen_k = true;
+  one(s);
+  s.mask = da::MaskKind::window; s.wl = 6; s.wr = 2; s.varlen_k = false;  // dense cache, seqused_k
+  one(s);
+  s = Serve{};  // decoding over pages of 32, GQA 4:1, a shared page, random page order
+  s.nq = {1, 2, 1, 4};
+  s.nk = {300, 97, 129, 64};
+  s.H = 4; s.Hkv = 1;
+  s.page_size = 32;
+  s.share_page = true;
+  one(s);
+  s = Serve{};  // append, then attend (decode and a chunk of 8), pages of 64, GroupNorm
+  s.nq = {1, 3, 1, 8};
+  s.nk = {200, 65, 1, 8};
+  s.append = true;
+  s.page_size = 64;
+  s.norm = da::NormKind::group; s.beta = true;
+  one(s);
+  s.page_size = 0; s.varlen_q = false;  // append into a dense cache [B, capacity]
+  s.nq = {2, 2, 2, 2};
+  s.nk = {40, 2, 90, 7};
+  one(s);
+  // what the kernel's tiling cannot read: pages of 16 where a key tile is 32, and split-KV
+  s = Serve{};
+  s.d = Traits::kHeadDim; s.v2 = Traits::kV2;
+  s.nq = {1, 1}; s.nk = {40, 20};
+  s.page_size = 16;
+  Served<Elem> c(s, 1);
+  da::Params p = c.params();
+  p.extras.o2 = nullptr;
+  const da::Status st = run(p);
+  if (!Traits::kSinglePass || Traits::kBlockN > 16) {
+    CHECK(st.code() == da::StatusCode::unsupported);
+    CHECK(st.message().find(Traits::kSinglePass ? "seq.page_size" : "seq.block_table") != std::string::npos);
+    for (Elem x : c.out) REQUIRE(std::isnan(static_cast<float>(x)));  // nothing written
+  } else {
+    CHECK(st.ok());
+  }
+  p.seq.page_size = 0; p.seq.block_table = nullptr; p.seq.max_pages = 0; p.seq.num_pages = 0;
+  p.seq.num_splits = 4;
+  CHECK(run(p).code() == da::StatusCode::unsupported);
 }
 
 }  // namespace dt

@@ -300,6 +300,28 @@ inline void check_close(const std::vector<double>& got, const std::vector<double
   }
 }
 
+// max |a - b| over the elements where both are finite (LSE of masked rows is -inf in both)
+inline double max_abs_diff_finite(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::isfinite(a[i]) && std::isfinite(b[i])) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+inline double max_abs(const std::vector<double>& a) {
+  double m = 0;
+  for (double x : a) if (std::isfinite(x)) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+/// got vs want with the forward's 2x-naive rule (docs/TESTING.md; tests/cpu/test_forward.cpp
+/// says why): atol = 2 max|naive - want| + 1e-6 max|want|, and rtol as given (one 16-bit unit
+/// roundoff for 16-bit outputs).
+inline void check_rule(const std::vector<double>& got, const std::vector<double>& naive,
+                       const std::vector<double>& want, double rtol, const char* what) {
+  const double atol = 2 * max_abs_diff_finite(naive, want) + 1e-6 * max_abs(want);
+  check_close(got, want, atol, rtol, what);
+}
+
 /// An independent loop-based forward in double (no Eigen, no library code but the formulas),
 /// with the mask given as a predicate visible(i, j). Returns out [B, N, H, 2d] and LSE_c
 /// [B, H, N].

@@ -131,7 +131,8 @@ struct ForwardExtras {
 ///     v_hi are then page pools: stride_b is the stride between pages (num_pages of them),
 ///     stride_t between the page_size rows of a page, stride_h between KV heads (FlashInfer's
 ///     NHD pages). Pages may come in any order and be shared between sequences. Any page_size
-///     >= 1 (the CPU backends gather key rows one by one).
+///     >= 1 on the CPU backends (they gather key rows one by one); cuda::forward reads whole
+///     key tiles from one page: page_size a multiple of its key tiles (32 serves all).
 /// S_b is also bounded by seqlen_k (S_b <= seqlen_k: seqlen_k is max S_b, as FlashAttention's
 /// max_seqlen_k). Masks are bottom-right aligned per sequence (diag = S_b - N_b), so chunked
 /// prefill and speculative decoding (a few query tokens over a cache) need nothing else.
@@ -177,6 +178,31 @@ struct SeqParams {
   /// Any serving feature but num_splits in use.
   bool any() const { return varlen_q() || varlen_k() || seqused_k != nullptr || paged() || append_kv; }
   DIFFATTN_HD std::int64_t table_stride() const { return block_table_stride != 0 ? block_table_stride : max_pages; }
+
+  // per-sequence geometry, host and device (Params' members of the same names pass its sizes)
+  /// N_b; seqlen_q when the queries are dense.
+  DIFFATTN_HD std::int64_t q_len(std::int64_t b, std::int64_t seqlen_q) const {
+    return cu_seqlens_q ? std::int64_t{cu_seqlens_q[b + 1]} - cu_seqlens_q[b] : seqlen_q;
+  }
+  /// S_b, after any append; seqlen_k when nothing says otherwise.
+  DIFFATTN_HD std::int64_t k_len(std::int64_t b, std::int64_t seqlen_q, std::int64_t seqlen_k) const {
+    if (seqused_k) return std::int64_t{seqused_k[b]} + (append_kv ? q_len(b, seqlen_q) : 0);
+    if (cu_seqlens_k) return std::int64_t{cu_seqlens_k[b + 1]} - cu_seqlens_k[b];
+    return seqlen_k;
+  }
+  /// Element offset of token 0 of sequence b in a query-side view of token stride st, batch stride sb.
+  DIFFATTN_HD std::int64_t q_offset(std::int64_t sb, std::int64_t st, std::int64_t b) const {
+    return cu_seqlens_q ? std::int64_t{cu_seqlens_q[b]} * st : b * sb;
+  }
+  /// Element offset of key row j of sequence b in a key-side view (dense, packed or paged).
+  DIFFATTN_HD std::int64_t k_offset(std::int64_t sb, std::int64_t st, std::int64_t b, std::int64_t j) const {
+    if (block_table) {
+      const std::int64_t page = block_table[b * table_stride() + j / page_size];
+      return page * sb + (j % page_size) * st;
+    }
+    if (cu_seqlens_k) return (std::int64_t{cu_seqlens_k[b]} + j) * st;
+    return b * sb + j * st;
+  }
 };
 
 /// Everything a forward call needs. Plain data: copy it, pass it by value to kernels.
@@ -232,31 +258,16 @@ struct Params {
 
   // ---- per-sequence geometry (SeqParams; host code reads the int32 tables directly)
   /// Query tokens of sequence b (N_b).
-  DIFFATTN_HD std::int64_t q_len(std::int64_t b) const {
-    return seq.cu_seqlens_q ? std::int64_t{seq.cu_seqlens_q[b + 1]} - seq.cu_seqlens_q[b] : seqlen_q;
-  }
+  DIFFATTN_HD std::int64_t q_len(std::int64_t b) const { return seq.q_len(b, seqlen_q); }
   /// Keys sequence b attends to (S_b), after any append.
-  DIFFATTN_HD std::int64_t k_len(std::int64_t b) const {
-    if (seq.seqused_k) return std::int64_t{seq.seqused_k[b]} + (seq.append_kv ? q_len(b) : 0);
-    if (seq.cu_seqlens_k) return std::int64_t{seq.cu_seqlens_k[b + 1]} - seq.cu_seqlens_k[b];
-    return seqlen_k;
-  }
+  DIFFATTN_HD std::int64_t k_len(std::int64_t b) const { return seq.k_len(b, seqlen_q, seqlen_k); }
   /// Element offset of token 0 of sequence b in a query-side view (q1, q2, out, logits, new_*).
-  DIFFATTN_HD std::int64_t q_offset(const ConstTensorRef& t, std::int64_t b) const {
-    return seq.cu_seqlens_q ? std::int64_t{seq.cu_seqlens_q[b]} * t.stride_t : b * t.stride_b;
-  }
-  DIFFATTN_HD std::int64_t q_offset(const TensorRef& t, std::int64_t b) const {
-    return seq.cu_seqlens_q ? std::int64_t{seq.cu_seqlens_q[b]} * t.stride_t : b * t.stride_b;
-  }
+  DIFFATTN_HD std::int64_t q_offset(const ConstTensorRef& t, std::int64_t b) const { return seq.q_offset(t.stride_b, t.stride_t, b); }
+  DIFFATTN_HD std::int64_t q_offset(const TensorRef& t, std::int64_t b) const { return seq.q_offset(t.stride_b, t.stride_t, b); }
   /// Element offset of key row j of sequence b, KV head 0, in a key-side view (k1 ... v_hi):
   /// dense, packed by cu_seqlens_k, or through the block table.
   DIFFATTN_HD std::int64_t k_offset(const ConstTensorRef& t, std::int64_t b, std::int64_t j) const {
-    if (seq.block_table) {
-      const std::int64_t page = seq.block_table[b * seq.table_stride() + j / seq.page_size];
-      return page * t.stride_b + (j % seq.page_size) * t.stride_t;
-    }
-    if (seq.cu_seqlens_k) return (std::int64_t{seq.cu_seqlens_k[b]} + j) * t.stride_t;
-    return b * t.stride_b + j * t.stride_t;
+    return seq.k_offset(t.stride_b, t.stride_t, b, j);
   }
   /// Row of (b, h, i) in the [B, H, N] extras (LSE, rstd, mean; times dv for A and O_2), or
   /// of [H, total_q] with cu_seqlens_q.

@@ -60,6 +60,7 @@ inline BackendCaps caps() {
   c.align_bytes = 16;
   c.host_readable = false;
   c.max_seqlen = std::int64_t{1} << 30;  // tile indices and shared offsets are int
+  c.serving = true;  // varlen, seqused_k, paged (page_size a multiple of the key tiles), append
   return c;
 }
 
@@ -81,7 +82,8 @@ Status dispatch_forward(DType dtype, std::int64_t head_dim, Variant variant, F&&
 }
 
 /// Checks what validate() cannot: options this kernel does not produce, grid limits.
-inline Status check_forward_support(const Params& p, std::int64_t block_m, bool single_pass, bool v2) {
+inline Status check_forward_support(const Params& p, std::int64_t block_m, bool single_pass, bool v2,
+                                    std::int64_t block_n, std::int64_t block_n1) {
   if (p.is_v2() != v2)
     return Status::Invalid(std::string("variant: this cuda configuration computes DIFF ") + (v2 ? "V2" : "V1") +
                                    " (ForwardTraits' V2 parameter) but the params ask for DIFF " +
@@ -92,6 +94,22 @@ inline Status check_forward_support(const Params& p, std::int64_t block_m, bool 
   if (!p.is_v2() && p.v_lo.stride_t != p.v_hi.stride_t)
     return Status::Unsupported("v_lo, v_hi: the cuda forward needs V's two halves at the same token stride (got " +
                                std::to_string(p.v_lo.stride_t) + " and " + std::to_string(p.v_hi.stride_t) + ")");
+  // serving layouts: the tables are device memory (not checked here: see SeqParams); what the
+  // kernel's tiling needs
+  if (p.seq.paged() && !single_pass)
+    return Status::Unsupported("seq.block_table: a paged cache is read by the single-pass cuda forward only (V1 at "
+                               "d <= 64, V2 at every d); the two-pass kernel of V1 d = " + std::to_string(p.head_dim) +
+                               " has no registers left for the per-tile page lookup (253 of 255 without it)");
+  if (p.seq.paged() && (p.seq.page_size % block_n != 0 || p.seq.page_size % block_n1 != 0))
+    return Status::Unsupported("seq.page_size = " + std::to_string(p.seq.page_size) +
+                               ": the cuda forward reads whole key tiles from one page, so pages must hold a multiple of " +
+                               std::to_string(block_n) + (block_n1 != block_n ? " and " + std::to_string(block_n1) : std::string()) +
+                               " keys for this configuration (any multiple of 32 serves every configuration)");
+  if (p.seq.num_splits > 1)
+    return Status::Unsupported("seq.num_splits = " + std::to_string(p.seq.num_splits) +
+                               ": the cuda forward has no split-KV decoding yet (0 or 1)");
+  if (p.seq.append_kv && p.batch > 65535)
+    return Status::Unsupported("batch must be <= 65535 for the cuda forward's append (grid.y)");
   if (p.batch * p.heads > 65535)
     return Status::Unsupported("batch * heads must be <= 65535 for the cuda forward (grid.y)");
   if ((p.seqlen_q + block_m - 1) / block_m > 2147483647)
@@ -108,7 +126,7 @@ Status validate_and_dispatch(const Params& p, const BackendCaps& caps, Launch&& 
   if (!s.ok()) return s;
   return dispatch_forward(p.dtype, p.head_dim, p.variant, [&](auto traits) {
     using Tr = decltype(traits);
-    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass, Tr::kV2);
+    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass, Tr::kV2, Tr::kBlockN, Tr::kBlockN1);
     if (!sup.ok()) return sup;
     return launch(traits);
   });

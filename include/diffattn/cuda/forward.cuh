@@ -35,6 +35,11 @@ Status launch_forward(const Params& p, cudaStream_t stream) {
                                std::to_string(Traits::kSmemBytes) + " bytes of shared memory per block; this device "
                                "allows " + std::to_string(optin) + " (a 64-row ForwardTraits through forward_config "
                                "fits)");
+  if (p.seq.append_kv) {  // the new keys into the cache first, in stream order
+    const cudaError_t ea = simt::launch_device(simt::dim3(static_cast<unsigned>(p.seqlen_q), static_cast<unsigned>(p.batch)),
+                                               simt::dim3(128), 0, stream, AppendKvKernel{}, make_append_args(p));
+    if (ea != cudaSuccess) return Status::Internal(std::string("cuda forward (append_kv) launch: ") + cudaGetErrorString(ea));
+  }
   const simt::dim3 grid(static_cast<unsigned>((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),
                         static_cast<unsigned>(p.batch * p.heads));
   const cudaError_t e = simt::launch_device(grid, simt::dim3(Traits::kThreads), Traits::kSmemBytes, stream,
@@ -55,7 +60,7 @@ Status forward_config(const Params& p, cudaStream_t stream) {
   c.dtype_mask = 1u << static_cast<int>(Traits::kDType);
   Status s = validate(p, c);
   if (!s.ok()) return s;
-  Status sup = check_forward_support(p, Traits::kBlockM, Traits::kSinglePass, Traits::kV2);
+  Status sup = check_forward_support(p, Traits::kBlockM, Traits::kSinglePass, Traits::kV2, Traits::kBlockN, Traits::kBlockN1);
   if (!sup.ok()) return sup;
   return detail::launch_forward<Traits>(p, stream);
 }

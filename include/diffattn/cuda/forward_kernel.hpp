@@ -57,6 +57,7 @@ struct ForwardArgs {
   bool lambda_per_head;
   float *o2;
   detail::EpilogueArgs ep;  ///< out, the norm, lambda_init and the other extras
+  SeqParams seq;            ///< serving layouts: per-sequence lengths, packed tokens, pages
 };
 
 inline ForwardArgs make_forward_args(const Params& p) {
@@ -87,8 +88,53 @@ inline ForwardArgs make_forward_args(const Params& p) {
   e.attn = static_cast<float*>(p.extras.attn);
   e.rstd = static_cast<float*>(p.extras.rstd);
   e.mean = static_cast<float*>(p.extras.mean);
+  a.seq = p.seq;
   return a;
 }
+
+/// SeqParams::append_kv on the device, before the forward on the same stream: block (i, b)
+/// copies the new keys of token i of sequence b (every KV head of new_k1, new_k2, new_v_lo,
+/// new_v_hi; V2: the first two views only) to cache row seqused_k[b] + i, bit for bit.
+/// Grid: (seqlen_q, B); any block size.
+struct AppendKvArgs {
+  ConstTensorRef cache[4], fresh[4];
+  int views = 0;
+  std::int64_t kv_heads = 0, head_dim = 0, seqlen_q = 0;
+  SeqParams seq;
+};
+inline AppendKvArgs make_append_args(const Params& p) {
+  AppendKvArgs a;
+  const ConstTensorRef* c[4] = {&p.k1, &p.k2, &p.v_lo, &p.v_hi};
+  const ConstTensorRef* f[4] = {&p.seq.new_k1, &p.seq.new_k2, &p.seq.new_v_lo, &p.seq.new_v_hi};
+  for (int i = 0; i < 4; ++i)
+    if (c[i]->ptr != nullptr) { a.cache[a.views] = *c[i]; a.fresh[a.views] = *f[i]; ++a.views; }
+  a.kv_heads = p.kv_heads;
+  a.head_dim = p.head_dim;
+  a.seqlen_q = p.seqlen_q;
+  a.seq = p.seq;
+  return a;
+}
+struct AppendKvKernel {
+  DIFFATTN_DEVICE void operator()(AppendKvArgs a) const {
+    const std::int64_t i = simt::block_idx().x, b = simt::block_idx().y;
+    if (i >= a.seq.q_len(b, a.seqlen_q)) return;
+    const std::int64_t j = std::int64_t{a.seq.seqused_k[b]} + i;
+    const std::int64_t chunks = a.head_dim / 8;  // 8 elements (16 bytes) each: d is a multiple of 16
+    for (int t = 0; t < a.views; ++t) {
+      const ConstTensorRef& to = a.cache[t];
+      const ConstTensorRef& from = a.fresh[t];
+      std::uint16_t* dst = const_cast<std::uint16_t*>(static_cast<const std::uint16_t*>(to.ptr)) +
+                           a.seq.k_offset(to.stride_b, to.stride_t, b, j);
+      const std::uint16_t* src = static_cast<const std::uint16_t*>(from.ptr) + a.seq.q_offset(from.stride_b, from.stride_t, b) +
+                                 i * from.stride_t;
+      for (std::int64_t c = simt::thread_rank(); c < a.kv_heads * chunks; c += simt::block_dim().x) {
+        const std::int64_t g = c / chunks, x = c % chunks * 8;
+        DIFFATTN_UNROLL
+        for (int e = 0; e < 8; ++e) dst[g * to.stride_h + x + e] = src[g * from.stride_h + x + e];
+      }
+    }
+  }
+};
 
 /// The kernel functor. Grid: (ceil(N / BlockM), B * H); block: kThreads; shared: kSmemBytes.
 template <class Traits>
@@ -112,7 +158,29 @@ struct DiffAttnForwardKernel {
     const std::int64_t m0 = static_cast<std::int64_t>(simt::block_idx().x) * T::kBlockM;
     const std::int64_t bh = simt::block_idx().y;
     const std::int64_t b = bh / a.heads, h = bh % a.heads, kvg = h / a.n_rep;
-    const std::int64_t N = a.seqlen_q, S = a.seqlen_k;
+    // this sequence's queries and keys (Params::seq; the dense sizes without it): blocks past
+    // its queries have nothing to do (the grid covers the longest sequence)
+    const SeqParams& sq = a.seq;
+    // 32-bit (sequences are below 2^30, caps().max_seqlen): the two-pass d = 128 kernel sits at
+    // 253 registers without serving layouts, and two 64-bit lengths live through its key loop
+    // spilled (44 B for sm_80)
+    const int N = static_cast<int>(sq.q_len(b, a.seqlen_q));
+    if (m0 >= N) return;
+    const int S = static_cast<int>(sq.k_len(b, a.seqlen_q, a.seqlen_k));
+    // the mask bottom-right aligned to this sequence, built where it is used: its window sides
+    // stay in the kernel parameters (a local RowMask held 8 more registers through the key loop:
+    // the d = 128 two-pass kernel then spilled 52 B for sm_80)
+    auto mask = [&] { return RowMask{S, std::int64_t{S} - N, a.mask.left, a.mask.right}; };
+    // where this sequence's token 0 (head h) of a query-side view, and key row j of a key-side
+    // view (KV head kvg), are: dense, packed, or (keys) through the block table
+    auto qbase = [&](const ConstTensorRef& r) {
+      return static_cast<const std::uint16_t*>(r.ptr) + sq.q_offset(r.stride_b, r.stride_t, b) + h * r.stride_h;
+    };
+    auto krow = [&](const ConstTensorRef& r, std::int64_t j) {
+      return static_cast<const std::uint16_t*>(r.ptr) + sq.k_offset(r.stride_b, r.stride_t, b, j) + kvg * r.stride_h;
+    };
+    // row of (h, token 0) of this sequence in the extras (computed after the key loop)
+    auto extras_row0 = [&] { return sq.cu_seqlens_q ? h * sq.total_q + sq.cu_seqlens_q[b] : (b * a.heads + h) * a.seqlen_q; };
 
     const smem_ptr<std::uint16_t> smem = simt::shared_memory<std::uint16_t>();
     const smem_ptr<std::uint16_t> sQ[2] = {smem + T::kOffQ1, smem + T::kOffQ2};
@@ -120,10 +188,9 @@ struct DiffAttnForwardKernel {
     auto sK1 = [&](int stage, int c) { return smem + (T::kOffK + (stage * 2 + c) * T::kK1TileElems); };
     auto sV = [&](int stage) { return smem + (T::kOffV + stage * T::kVTileElems); };
 
-    // global bases of this (b, h) / (b, kvg)
-    const std::uint16_t* gK[2] = {detail::head_base(a.k1, b, kvg), detail::head_base(a.k2, b, kvg)};
-    const std::uint16_t* gV[2] = {detail::head_base(a.v_lo, b, kvg),
-                                  T::kV2 ? nullptr : detail::head_base(a.v_hi, b, kvg)};
+    // global bases of this (b, kvg): key row 0 (paged: re-sought per tile)
+    const std::uint16_t* gK[2] = {krow(a.k1, 0), krow(a.k2, 0)};
+    const std::uint16_t* gV[2] = {krow(a.v_lo, 0), T::kV2 ? nullptr : krow(a.v_hi, 0)};
 
     // V1: lambda, from the four vectors (every thread: 2d multiply-adds, no host synchronisation)
     float lambda = 0.f;
@@ -135,8 +202,8 @@ struct DiffAttnForwardKernel {
 
     // the key tiles any row of this block can see, and which of them need per-element masking
     const std::int64_t last_row = (m0 + T::kBlockM < N ? m0 + T::kBlockM : N) - 1;
-    const std::int64_t key_lo = a.mask.key_begin(m0), key_hi = a.mask.key_end(last_row);
-    const std::int64_t inner_lo = a.mask.key_begin(last_row), inner_hi = a.mask.key_end(m0);
+    const std::int64_t key_lo = mask().key_begin(m0), key_hi = mask().key_end(last_row);
+    const std::int64_t inner_lo = mask().key_begin(last_row), inner_hi = mask().key_end(m0);
     auto tile_range = [&](int bn, int& nb_begin, int& nb_end) {
       nb_begin = static_cast<int>(key_lo / bn);
       nb_end = key_hi > key_lo ? static_cast<int>((key_hi + bn - 1) / bn) : nb_begin;
@@ -147,8 +214,8 @@ struct DiffAttnForwardKernel {
     const std::int64_t row_i[2] = {m0 + wrow + static_cast<int>(lane >> 2), m0 + wrow + static_cast<int>(lane >> 2) + 8};
 
     {  // Q_1, Q_2 of this block: joins the first copy group of the key-tile loop
-      QLoader q1(detail::head_base(a.q1, b, h) + m0 * a.q1.stride_t, a.q1.stride_t, tid);
-      QLoader q2(detail::head_base(a.q2, b, h) + m0 * a.q2.stride_t, a.q2.stride_t, tid);
+      QLoader q1(qbase(a.q1) + m0 * a.q1.stride_t, a.q1.stride_t, tid);
+      QLoader q2(qbase(a.q2) + m0 * a.q2.stride_t, a.q2.stride_t, tid);
       q1.load(sQ[0], N - m0);
       q2.load(sQ[1], N - m0);
     }
@@ -165,7 +232,7 @@ struct DiffAttnForwardKernel {
           float x = s[nt][e] * a.scale_log2;
           if (edge) {
             const std::int64_t jj = n0 + nt * 8 + 2 * t + (e & 1);
-            if (!a.mask.visible(row_i[e >> 1], jj)) x = kNegInf;
+            if (!mask().visible(row_i[e >> 1], jj)) x = kNegInf;
           }
           s[nt][e] = x;
         }
@@ -191,7 +258,14 @@ struct DiffAttnForwardKernel {
       vl.skip(nb_begin);
     };
     auto load_kv = [&](int stage, int nb) {
-      const std::int64_t rows = S - static_cast<std::int64_t>(nb) * T::kBlockN;
+      const std::int64_t j0 = static_cast<std::int64_t>(nb) * T::kBlockN, rows = S - j0;
+      // the tile's rows lie in one page (page_size a multiple of the tile); the single pass only
+      // (check_forward_support: the two-pass kernel has no registers to spare for the seek)
+      if (T::kSinglePass && sq.block_table != nullptr) {
+        kl[0].seek(krow(a.k1, j0));
+        if constexpr (T::kKComps > 1) kl[1].seek(krow(a.k2, j0));
+        vl.seek(krow(a.v_lo, j0), T::kV2 ? nullptr : krow(a.v_hi, j0));
+      }
       DIFFATTN_UNROLL
       for (int c = 0; c < T::kKComps; ++c) kl[c].load(sK(stage, c), rows);
       vl.load(sV(stage), rows);
@@ -250,14 +324,14 @@ struct DiffAttnForwardKernel {
       }
       // A = O_1 - lambda O_2 with O_c = acc_c / l_c (0 for a fully masked row), into acc; V2:
       // lambda of the row, sigmoid of its logit
-      const std::int64_t row0 = (b * a.heads + h) * N;
+      const std::int64_t row0 = extras_row0();
       DIFFATTN_UNROLL
       for (int r = 0; r < 2; ++r) {
         float lam = lambda;
         if constexpr (T::kV2) {
           if (row_i[r] < N) {
-            const float z = static_cast<const float*>(a.logits.ptr)[b * a.logits.stride_b + row_i[r] * a.logits.stride_t +
-                                                                    h * a.logits.stride_h];
+            const float z = static_cast<const float*>(a.logits.ptr)[sq.q_offset(a.logits.stride_b, a.logits.stride_t, b) +
+                                                                    row_i[r] * a.logits.stride_t + h * a.logits.stride_h];
             lam = 1.f / (1.f + expf(-z));
           }
         }
@@ -290,7 +364,7 @@ struct DiffAttnForwardKernel {
         detail::stream_key_tiles(
             nb_begin, nb_end,
             [&](int stage, int nb) {
-              const std::int64_t rows = S - static_cast<std::int64_t>(nb) * T::kBlockN1;
+              const std::int64_t rows = S - static_cast<std::int64_t>(nb) * T::kBlockN1;  // (no paged path)
               k1l[0].load(sK1(stage, 0), rows);
               k1l[1].load(sK1(stage, 1), rows);
             },
@@ -357,7 +431,8 @@ struct DiffAttnForwardKernel {
       }
     }
 
-    detail::store_rows<F, T::kOTiles>(a.ep, acc, lse, row_i, b, h, t);
+    detail::store_rows<F, T::kOTiles>(a.ep, acc, lse, row_i, N, sq.q_offset(a.ep.out.stride_b, a.ep.out.stride_t, b),
+                                      extras_row0(), h, t);
   }
 };
 

@@ -30,12 +30,13 @@ struct EpilogueArgs {
 /// seqlen_q (a ragged last query tile) are computed but not stored. `t`: lane % 4.
 template <simt::fmt16 F, int kOTiles>
 DIFFATTN_DEVICE void store_rows(const EpilogueArgs& a, const float (&acc)[kOTiles][4], const float (&lse2)[2][2],
-                                const std::int64_t (&row_i)[2], std::int64_t b, std::int64_t h, int t) {
+                                const std::int64_t (&row_i)[2], std::int64_t N, std::int64_t out_off,
+                                std::int64_t row0, std::int64_t h, int t) {
+  // N: this sequence's query rows; out_off: element offset of its token 0 in out; row0: the row
+  // of its (h, token 0) in the extras ([B, H, N], or [H, total_q] packed)
   constexpr int kValueDim = kOTiles * 8;
   const float inv_dv = 1.f / static_cast<float>(kValueDim);
   const float out_scale = 1.f - a.lambda_init;
-  const std::int64_t N = a.seqlen_q;
-  const std::int64_t row0 = (b * a.heads + h) * N;  // row of (b, h, 0) in [B, H, N] extras
   DIFFATTN_UNROLL
   for (int r = 0; r < 2; ++r) {
     const std::int64_t i = row_i[r];
@@ -62,7 +63,7 @@ DIFFATTN_DEVICE void store_rows(const EpilogueArgs& a, const float (&acc)[kOTile
       rstd = 1.f / sqrtf(ss * inv_dv + a.eps);
     }
     if (i >= N) continue;  // ragged last query tile: computed, not stored
-    std::uint16_t* orow = static_cast<std::uint16_t*>(a.out.ptr) + b * a.out.stride_b + i * a.out.stride_t + h * a.out.stride_h;
+    std::uint16_t* orow = static_cast<std::uint16_t*>(a.out.ptr) + out_off + i * a.out.stride_t + h * a.out.stride_h;
     DIFFATTN_UNROLL
     for (int nt = 0; nt < kOTiles; ++nt) {
       const int col = nt * 8 + 2 * t;

@@ -77,6 +77,12 @@ class TileLoader {
     }
   }
 
+  /// Restarts at another tile (a paged cache: each key tile's rows lie in one page), as the
+  /// constructor would with the same row stride.
+  DIFFATTN_DEVICE void seek(const std::uint16_t* first_tile, const std::uint16_t* upper = nullptr) {
+    *this = TileLoader(first_tile, gstride_, static_cast<unsigned>(tid_), upper);
+  }
+
   /// Moves on by `tiles` tiles without copying (to the first visible tile of a masked row block).
   DIFFATTN_DEVICE void skip(int tiles) {
     src_ += static_cast<std::int64_t>(tiles) * kRows * gstride_;
