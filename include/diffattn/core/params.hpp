@@ -132,7 +132,8 @@ struct ForwardExtras {
 ///     stride_t between the page_size rows of a page, stride_h between KV heads (FlashInfer's
 ///     NHD pages). Pages may come in any order and be shared between sequences. Any page_size
 ///     >= 1 on the CPU backends (they gather key rows one by one); cuda::forward reads whole
-///     key tiles from one page: page_size a multiple of its key tiles (32 serves all).
+///     key tiles from one page: page_size a multiple of its key tiles (32 serves all), in its
+///     single-pass kernels only (V1 at d <= 64, V2; the two-pass ones say unsupported).
 /// S_b is also bounded by seqlen_k (S_b <= seqlen_k: seqlen_k is max S_b, as FlashAttention's
 /// max_seqlen_k). Masks are bottom-right aligned per sequence (diag = S_b - N_b), so chunked
 /// prefill and speculative decoding (a few query tokens over a cache) need nothing else.
