@@ -23,59 +23,6 @@ using namespace dt;
 
 namespace {
 
-template <class Elem> constexpr double unit_roundoff() { return 0; }
-template <> constexpr double unit_roundoff<da::half>() { return 0x1p-11; }
-template <> constexpr double unit_roundoff<da::bfloat16>() { return 0x1p-8; }
-
-const char* kOutNames[6] = {"out", "lse1", "lse2", "attn", "o2", "rstd"};
-/// The expected outputs of each sequence: the double reference and the naive fp32 computation
-/// of its dense problem (S_b = 0: every row fully masked, out = norm(0), LSE = -inf).
-template <class Elem>
-struct Expected {
-  std::vector<std::vector<std::vector<double>>> ref, naive;
-};
-template <class Elem>
-Expected<Elem> expected(const Served<Elem>& sv) {
-  Expected<Elem> e;
-  for (i64 b = 0; b < sv.sv.B(); ++b) {
-    const i64 N = sv.sv.nq[b];
-    if (sv.sv.nk[b] == 0) {  // every row fully masked
-      e.ref.push_back(fully_masked_outputs(sv, b));
-      e.naive.push_back(e.ref.back());
-      continue;
-    }
-    Problem<Elem> naive = sv.seqs[b];
-    Problem<double> ref = widen(naive);
-    da::Params pn = naive.params(), pr = ref.params();
-    bool amx = false;
-    if constexpr (std::is_same_v<Elem, da::bfloat16>) amx = da::cpu::bf16_uses_amx(sv.sv.d);
-    if constexpr (std::is_same_v<Elem, da::bfloat16>) {
-      if (amx) {
-        const NaiveLowp n = naive_lowp_forward(naive, /*separate=*/true);
-        for (std::size_t i = 0; i < n.out.size(); ++i) naive.out[i] = da::bfloat16(static_cast<float>(n.out[i]));
-        auto cp = [](const std::vector<double>& src, std::vector<float>& dst) {
-          for (std::size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<float>(src[i]);
-        };
-        cp(n.attn, naive.attn); cp(n.o2, naive.o2); cp(n.lse1, naive.lse1); cp(n.lse2, naive.lse2); cp(n.rstd, naive.rstd);
-      }
-    }
-    if (!amx) REQUIRE(da::reference::forward<float>(pn).ok());
-    REQUIRE(da::reference::forward<double>(pr).ok());
-    e.ref.push_back(outputs_of(ref, N));
-    e.naive.push_back(outputs_of(naive, N));
-  }
-  return e;
-}
-
-template <class Elem>
-void check_served(const Served<Elem>& got, const Expected<Elem>& e) {
-  for (i64 b = 0; b < got.sv.B(); ++b) {
-    INFO("sequence " << b << " (N_b " << got.sv.nq[b] << ", S_b " << got.sv.nk[b] << ")");
-    const auto g = outputs_of(got, b);
-    for (int k = 0; k < 6; ++k) check_rule(g[k], e.naive[b][k], e.ref[b][k], k == 0 ? unit_roundoff<Elem>() : 0.0, kOutNames[k]);
-  }
-}
-
 template <class Elem>
 void run_serving(const Serve& s, std::uint64_t seed) {
   INFO(da::dtype_name(da::dtype_of_v<Elem>) << " seed " << seed << " " << s.str() << " path "

@@ -11,6 +11,10 @@
 //     for the backward backends (reference::backward, cpu::backward, the emulated CUDA backward),
 //     with the forward's mutations and the backward's own (gradients, dout, saved tensors).
 //
+//   serving: random serving layouts (Params::seq: ragged batches, caches, pages of any size,
+//     appends, splits) through reference::forward's oracle path and cpu::forward, every
+//     sequence against the double reference of its dense problem (tests/support/serving.hpp).
+//
 // DIFFATTN_FUZZ_SECONDS (default 20) bounds each test case's time, DIFFATTN_FUZZ_SEED (default
 // 1) picks the run; each case prints its seed, so a failure is replayed with the same seed.
 #include <doctest/doctest.h>
@@ -32,6 +36,7 @@
 #include <diffattn/diffattn.hpp>
 
 #include "support/problem.hpp"  // dt::Problem: the backward's buffers
+#include "support/serving.hpp"  // dt::Served: the serving layouts' problems
 
 namespace da = diffattn;
 using i64 = std::int64_t;
@@ -437,6 +442,85 @@ TEST_CASE("differential: reference<float>, cpu::forward and the emulated CUDA ke
   CHECK(runs[0] > 0);
   CHECK(runs[1] > 0);
   CHECK(runs[2] > 0);
+}
+
+namespace {
+
+/// A random serving case (Params::seq): ragged or dense queries, dense, packed or paged keys of
+/// any page size, seqused_k, appends, splits, GQA, masks, norms, V2.
+dt::Serve random_serve(std::uint64_t seed) {
+  std::mt19937_64 r(seed ^ 0x5E5E5E);
+  auto U = [&](i64 lo, i64 hi) { return std::uniform_int_distribution<i64>(lo, hi)(r); };
+  dt::Serve s;
+  const i64 B = U(1, 5);
+  const i64 pages[6] = {1, 7, 16, 32, 64, 100};
+  s.page_size = U(0, 2) == 0 ? 0 : pages[U(0, 5)];
+  s.varlen_q = U(0, 3) != 0;
+  s.varlen_k = s.page_size == 0 && U(0, 1) == 1;
+  s.seqused = !s.varlen_k || U(0, 1) == 1;  // dense and paged keys take their lengths from seqused_k
+  s.append = s.seqused && U(0, 2) == 0;
+  s.spare = U(0, 5);
+  const i64 nq_all = U(1, 9);
+  for (i64 b = 0; b < B; ++b) {
+    const i64 nq = s.varlen_q ? (U(0, 4) == 0 ? 0 : U(1, 40)) : nq_all;
+    i64 nk = U(0, 4) == 0 ? U(0, 2) : U(0, 300);
+    if (s.append) nk = std::max(nk, nq);  // the appended keys are the last nq of the nk
+    s.nq.push_back(nq);
+    s.nk.push_back(nk);
+  }
+  if (*std::max_element(s.nq.begin(), s.nq.end()) == 0) s.nq[0] = 1;
+  if (s.append) s.nk[0] = std::max(s.nk[0], s.nq[0]);
+  // packed keys with nothing stored at all (total_k = 0) are rejected by validation: store one
+  if (s.varlen_k && !s.seqused && *std::max_element(s.nk.begin(), s.nk.end()) == 0) s.nk[0] = 1;
+  const i64 reps[4] = {1, 2, 4, 8}, dims[5] = {8, 16, 24, 40, 64};
+  s.Hkv = U(1, 3);
+  s.H = s.Hkv * reps[U(0, 3)];
+  s.d = dims[U(0, 4)];
+  const da::MaskKind masks[3] = {da::MaskKind::none, da::MaskKind::causal, da::MaskKind::window};
+  s.mask = masks[U(0, 2)];
+  if (s.mask == da::MaskKind::window) {
+    s.wl = U(-1, 50);
+    s.wr = s.wl == -1 ? U(0, 20) : U(-1, 20);
+  }
+  const da::NormKind norms[3] = {da::NormKind::rms, da::NormKind::group, da::NormKind::none};
+  s.norm = norms[U(0, 2)];
+  s.beta = U(0, 1) == 1;
+  s.v2 = U(0, 3) == 0;
+  s.num_splits = U(0, 3) == 0 ? static_cast<int>(U(1, 8)) : 0;
+  return s;
+}
+
+template <class Elem>
+void one_serving(std::uint64_t seed, int backend, int threads) {
+  const dt::Serve s = random_serve(seed);
+  INFO("seed " << seed << " " << da::dtype_name(da::dtype_of_v<Elem>) << " " << (backend ? "cpu::forward" : "reference<float>")
+               << " threads " << threads << " | " << s.str());
+  const dt::Served<Elem> proto(s, seed);
+  const dt::Expected<Elem> e = dt::expected(proto);
+  dt::Served<Elem> c(s, seed);
+  da::Params p = c.params();
+  da::cpu::Options o;
+  o.num_threads = threads;
+  const da::Status st = backend ? da::cpu::forward(p, o) : da::reference::forward<float>(p);
+  REQUIRE_MESSAGE(st.ok(), st.to_string());
+  dt::check_served(c, e);
+  if (s.append) dt::check_append(c, proto.kc, proto.vc);
+}
+
+}  // namespace
+
+TEST_CASE("differential, serving layouts: random ragged batches, caches, pages, appends and splits vs reference<double>") {
+  std::size_t runs = 0;
+  for_a_while("serving", [&](std::uint64_t seed) {
+    const int backend = static_cast<int>(seed % 2), threads = 1 + static_cast<int>(seed / 2 % 3);
+    switch (backend ? seed / 6 % 3 : 0) {
+      case 1: one_serving<da::bfloat16>(seed, backend, threads); break;
+      case 2: one_serving<da::half>(seed, backend, threads); break;
+      default: one_serving<float>(seed, backend, threads); break;
+    }
+    ++runs;
+  });
+  CHECK(runs > 0);
 }
 
 namespace {

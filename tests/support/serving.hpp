@@ -11,6 +11,8 @@
 #include <numeric>
 #include <random>
 
+#include <diffattn/cpu/forward.hpp>
+
 #include "support/naive_lowp.hpp"
 
 namespace dt {
@@ -108,6 +110,7 @@ struct Served {
     kstart.assign(B, 0);
     for (i64 b = 0; b < B; ++b) {
       cap[b] = s.nk[b] + (s.seqused ? s.spare : 0);
+      if (s.seqused) cap[b] = std::max<i64>(cap[b], 1);  // a cache holds a row even when unused (seqlen_k >= 1)
       if (s.page_size > 0) cap[b] = std::max<i64>(1, (cap[b] + s.page_size - 1) / s.page_size) * s.page_size;
       Smax = std::max(Smax, s.nk[b]);
     }
@@ -291,6 +294,71 @@ void check_append(const Served<Elem>& after, const std::vector<Elem>& kc0, const
     }
   CHECK(std::memcmp(after.kc.data(), kwant.data(), kwant.size() * sizeof(Elem)) == 0);
   CHECK(std::memcmp(after.vc.data(), vwant.data(), vwant.size() * sizeof(Elem)) == 0);
+}
+
+/// One unit roundoff of a 16-bit output (0 for f32: its rule has no relative term).
+template <class Elem> constexpr double served_roundoff() { return 0; }
+template <> constexpr double served_roundoff<da::half>() { return 0x1p-11; }
+template <> constexpr double served_roundoff<da::bfloat16>() { return 0x1p-8; }
+
+inline const char* kServedOutNames[6] = {"out", "lse1", "lse2", "attn", "o2", "rstd"};
+/// The expected outputs of each sequence: the double reference and the naive fp32 computation
+/// of its dense problem (S_b = 0: every row fully masked, out = norm(0), LSE = -inf).
+template <class Elem>
+struct Expected {
+  std::vector<std::vector<std::vector<double>>> ref, naive;
+};
+template <class Elem>
+Expected<Elem> expected(const Served<Elem>& sv) {
+  Expected<Elem> e;
+  for (i64 b = 0; b < sv.sv.B(); ++b) {
+    const i64 N = sv.sv.nq[b];
+    if (sv.sv.nk[b] == 0) {  // every row fully masked
+      e.ref.push_back(fully_masked_outputs(sv, b));
+      e.naive.push_back(e.ref.back());
+      continue;
+    }
+    Problem<Elem> naive = sv.seqs[b];
+    Problem<double> ref = widen(naive);
+    da::Params pn = naive.params(), pr = ref.params();
+    bool amx = false;
+    if constexpr (std::is_same_v<Elem, da::bfloat16>) amx = da::cpu::bf16_uses_amx(sv.sv.d);
+    if constexpr (std::is_same_v<Elem, da::bfloat16>) {
+      if (amx) {
+        const NaiveLowp n = naive_lowp_forward(naive, /*separate=*/true);
+        for (std::size_t i = 0; i < n.out.size(); ++i) naive.out[i] = da::bfloat16(static_cast<float>(n.out[i]));
+        auto cp = [](const std::vector<double>& src, std::vector<float>& dst) {
+          for (std::size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<float>(src[i]);
+        };
+        cp(n.attn, naive.attn); cp(n.o2, naive.o2); cp(n.lse1, naive.lse1); cp(n.lse2, naive.lse2); cp(n.rstd, naive.rstd);
+      }
+    }
+    if (!amx) REQUIRE(da::reference::forward<float>(pn).ok());
+    REQUIRE(da::reference::forward<double>(pr).ok());
+    e.ref.push_back(outputs_of(ref, N));
+    e.naive.push_back(outputs_of(naive, N));
+  }
+  return e;
+}
+
+/// The CPU backends' outputs of every sequence against `e` with tests/cpu/test_forward.cpp's rule.
+template <class Elem>
+void check_served(const Served<Elem>& got, const Expected<Elem>& e) {
+  for (i64 b = 0; b < got.sv.B(); ++b) {
+    INFO("sequence " << b << " (N_b " << got.sv.nq[b] << ", S_b " << got.sv.nk[b] << ")");
+    const auto g = outputs_of(got, b);
+    for (int k = 0; k < 6; ++k) {
+      if (k == 1 || k == 2) {
+        // LSE: a sequence with one key has a single score per row, which may cancel to near 0
+        // (seen: -0.008 over d = 64 products of N(0, 1) inputs); its fp32 error scales with
+        // s sum |q_i k_i| (O(1) here), not with the value: a floor of 1e-6 absolute as well
+        const double atol = 2 * max_abs_diff_finite(e.naive[b][k], e.ref[b][k]) + std::max(1e-6, 1e-6 * max_abs(e.ref[b][k]));
+        check_close(g[k], e.ref[b][k], atol, 0.0, kServedOutNames[k]);
+      } else {
+        check_rule(g[k], e.naive[b][k], e.ref[b][k], k == 0 ? served_roundoff<Elem>() : 0.0, kServedOutNames[k]);
+      }
+    }
+  }
 }
 
 }  // namespace dt
