@@ -275,8 +275,6 @@ struct Params {
   DIFFATTN_HD std::int64_t row_index(std::int64_t b, std::int64_t h, std::int64_t i) const {
     return seq.cu_seqlens_q ? h * seq.total_q + seq.cu_seqlens_q[b] + i : (b * heads + h) * seqlen_q + i;
   }
-  /// Rows of the extras: B H N, or H total_q with cu_seqlens_q.
-  std::int64_t extra_rows() const { return seq.cu_seqlens_q ? heads * seq.total_q : batch * heads * seqlen_q; }
 };
 
 /// Gradients written by a backward call. All required except the side ones marked optional.

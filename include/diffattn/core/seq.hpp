@@ -1,11 +1,10 @@
-// diffattn/core/seq.hpp: host helpers for Params::seq's serving layouts, shared by the host
-// backends (reference, cpu): the in-place append of new keys into a KV cache, and the gather of
-// one sequence's keys into contiguous rows (the reference's oracle form).
+// diffattn/core/seq.hpp: host helpers for Params::seq's serving layouts: the key-side views
+// with their appended counterparts (the host backends' append below, and the CUDA append
+// kernel's arguments), and the in-place append of new keys into a KV cache (reference, cpu).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #include "diffattn/core/config.hpp"
 #include "diffattn/core/dtype.hpp"

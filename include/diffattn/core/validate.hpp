@@ -593,8 +593,8 @@ inline Status check_seq_tables(const Params& p, const BackendCaps& caps) {
   if (!caps.host_readable || !sq.any()) return Status::Ok();
   auto at = [](std::int64_t b) { return " (sequence " + std::to_string(b) + ")"; };
   const std::int64_t B = p.batch;
-  auto check_cu = [&](const std::int32_t* cu, std::int64_t total, std::int64_t max_len, const char* name,
-                      const char* tname, const char* lname) -> Status {
+  // (cu[B] against total_q / total_k: validate_common, before the packed tensors' extents)
+  auto check_cu = [&](const std::int32_t* cu, std::int64_t max_len, const char* name, const char* lname) -> Status {
     if (cu[0] != 0) return Status::Invalid(std::string(name) + "[0] = " + std::to_string(cu[0]) + ": must be 0");
     for (std::int64_t b = 0; b < B; ++b) {
       const std::int64_t len = std::int64_t{cu[b + 1]} - cu[b];
@@ -605,17 +605,14 @@ inline Status check_seq_tables(const Params& p, const BackendCaps& caps) {
         return Status::Invalid(std::string(name) + ": a sequence of " + std::to_string(len) + " tokens is longer than " +
                                lname + " = " + std::to_string(max_len) + at(b));
     }
-    if (cu[B] != total)
-      return Status::Invalid(std::string(name) + "[batch] = " + std::to_string(cu[B]) + " but " + tname + " = " +
-                             std::to_string(total));
     return Status::Ok();
   };
   Status s;
-  if (sq.varlen_q() && !(s = check_cu(sq.cu_seqlens_q, sq.total_q, p.seqlen_q, "seq.cu_seqlens_q", "seq.total_q", "seqlen_q")).ok())
+  if (sq.varlen_q() && !(s = check_cu(sq.cu_seqlens_q, p.seqlen_q, "seq.cu_seqlens_q", "seqlen_q")).ok())
     return s;
   // with seqused_k, cu_seqlens_k gives storage, which may be longer than seqlen_k
-  if (sq.varlen_k() && !(s = check_cu(sq.cu_seqlens_k, sq.total_k, sq.seqused_k ? INT32_MAX : p.seqlen_k,
-                                      "seq.cu_seqlens_k", "seq.total_k", "seqlen_k")).ok())
+  if (sq.varlen_k() && !(s = check_cu(sq.cu_seqlens_k, sq.seqused_k ? INT32_MAX : p.seqlen_k,
+                                      "seq.cu_seqlens_k", "seqlen_k")).ok())
     return s;
   for (std::int64_t b = 0; b < B; ++b) {
     const std::int64_t cap = sq.paged() ? sq.max_pages * sq.page_size

@@ -35,8 +35,8 @@ template <class Traits>
 Status emulated_run_forward(const Params& p, simt::emu::LaunchConfig cfg) {
   if (p.seq.append_kv) {  // the new keys into the cache first, as cuda::forward launches it
     simt::emu::LaunchConfig ac = cfg;
-    ac.grid = simt::dim3(static_cast<unsigned>(p.seqlen_q), static_cast<unsigned>(p.batch));
-    ac.block = simt::dim3(128);
+    ac.grid = append_grid(p);
+    ac.block = simt::dim3(kAppendThreads);
     ac.smem_bytes = 0;
     const simt::emu::LaunchResult ra = simt::emu::try_launch(ac, AppendKvKernel{}, make_append_args(p));
     if (!ra.ok()) return Status::Internal("cuda forward (append_kv) under the emulator: " + ra.error.message);

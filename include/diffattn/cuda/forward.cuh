@@ -36,8 +36,8 @@ Status launch_forward(const Params& p, cudaStream_t stream) {
                                "allows " + std::to_string(optin) + " (a 64-row ForwardTraits through forward_config "
                                "fits)");
   if (p.seq.append_kv) {  // the new keys into the cache first, in stream order
-    const cudaError_t ea = simt::launch_device(simt::dim3(static_cast<unsigned>(p.seqlen_q), static_cast<unsigned>(p.batch)),
-                                               simt::dim3(128), 0, stream, AppendKvKernel{}, make_append_args(p));
+    const cudaError_t ea = simt::launch_device(append_grid(p), simt::dim3(kAppendThreads), 0, stream, AppendKvKernel{},
+                                               make_append_args(p));
     if (ea != cudaSuccess) return Status::Internal(std::string("cuda forward (append_kv) launch: ") + cudaGetErrorString(ea));
   }
   const simt::dim3 grid(static_cast<unsigned>((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM),

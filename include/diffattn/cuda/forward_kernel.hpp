@@ -33,6 +33,7 @@
 #include "diffattn/core/lambda.hpp"
 #include "diffattn/core/mask.hpp"
 #include "diffattn/core/params.hpp"
+#include "diffattn/core/seq.hpp"
 #include "diffattn/cuda/detail/epilogue.hpp"
 #include "diffattn/cuda/detail/softmax.hpp"
 #include "diffattn/cuda/detail/tile_loader.hpp"
@@ -95,19 +96,25 @@ inline ForwardArgs make_forward_args(const Params& p) {
 /// SeqParams::append_kv on the device, before the forward on the same stream: block (i, b)
 /// copies the new keys of token i of sequence b (every KV head of new_k1, new_k2, new_v_lo,
 /// new_v_hi; V2: the first two views only) to cache row seqused_k[b] + i, bit for bit.
-/// Grid: (seqlen_q, B); any block size.
+/// Grid: append_grid(p); any block size (kAppendThreads).
 struct AppendKvArgs {
   ConstTensorRef cache[4], fresh[4];
   int views = 0;
   std::int64_t kv_heads = 0, head_dim = 0, seqlen_q = 0;
   SeqParams seq;
 };
+/// The append kernel's launch shape: block (i, b) per new token of each sequence.
+inline constexpr unsigned kAppendThreads = 128;
+inline simt::dim3 append_grid(const Params& p) {
+  return simt::dim3(static_cast<unsigned>(p.seqlen_q), static_cast<unsigned>(p.batch));
+}
 inline AppendKvArgs make_append_args(const Params& p) {
   AppendKvArgs a;
-  const ConstTensorRef* c[4] = {&p.k1, &p.k2, &p.v_lo, &p.v_hi};
-  const ConstTensorRef* f[4] = {&p.seq.new_k1, &p.seq.new_k2, &p.seq.new_v_lo, &p.seq.new_v_hi};
-  for (int i = 0; i < 4; ++i)
-    if (c[i]->ptr != nullptr) { a.cache[a.views] = *c[i]; a.fresh[a.views] = *f[i]; ++a.views; }
+  const seq_detail::KeyViews kv = seq_detail::key_views(p);
+  for (a.views = 0; a.views < kv.n; ++a.views) {
+    a.cache[a.views] = *kv.cache[a.views];
+    a.fresh[a.views] = *kv.fresh[a.views];
+  }
   a.kv_heads = p.kv_heads;
   a.head_dim = p.head_dim;
   a.seqlen_q = p.seqlen_q;
