@@ -131,6 +131,26 @@ struct Plan {
   std::size_t bytes() const { return 64 + static_cast<std::size_t>(threads) * thread_bytes + split_bytes; }
 };
 
+/// Query heads per work item (Ctx::pack) on path isa with bm rows per item.
+/// GQA packing: with fewer query tokens than a column group (decoding, speculative decoding),
+/// the n_rep heads of a KV group share one item, so that each block of K_1, K_2 and V is
+/// packed and read once per group instead of once per head (the rows of one item fill the
+/// vector lanes the lone token of a head would leave empty). Decode items (one query token per
+/// sequence, paths with decode items) take the heads of as many whole KV groups as kDecodeRows
+/// holds: one thread then reads whole rows of a cache that stores the groups side by side
+/// (measured on Zen 4, 2 threads, pages of 64 rows in random order: each thread reading its
+/// group's half of every row, 16 GB/s; each reading whole rows, 27 GB/s).
+inline std::int64_t item_pack(const Params& p, std::int64_t bm, Isa isa) {
+  const std::int64_t rep = p.n_rep();
+  if (p.seqlen_q == 1 && decode_items(isa, p.dtype, p.head_dim, rep)) {
+    std::int64_t ng = 1;
+    for (std::int64_t n = 2; n <= p.kv_heads && rep * n <= kDecodeRows; ++n)
+      if (p.kv_heads % n == 0) ng = n;
+    return rep * ng;
+  }
+  return rep > 1 && p.seqlen_q < kColGroup && p.seqlen_q * rep <= bm ? rep : 1;
+}
+
 inline Plan make_plan(const Params& p, const Options& o, Isa isa) {
   Plan pl;
   int t = o.num_threads > 0 ? o.num_threads : static_cast<int>(std::thread::hardware_concurrency());
@@ -138,12 +158,7 @@ inline Plan make_plan(const Params& p, const Options& o, Isa isa) {
   pl.geo.d = p.head_dim;
   pl.geo.dv = p.value_dim();
   pl.geo.bm = amx_items(isa, p.dtype, p.head_dim) ? kBlockMAmx : kBlockM;
-  // GQA packing: with fewer query tokens than a column group (decoding, speculative decoding),
-  // the n_rep heads of a KV group share one item, so that each block of K_1, K_2 and V is
-  // packed and read once per group instead of once per head (the rows of one item fill the
-  // vector lanes the lone token of a head would leave empty)
-  const std::int64_t rep = p.n_rep();
-  pl.pack = rep > 1 && p.seqlen_q < kColGroup && p.seqlen_q * rep <= pl.geo.bm ? rep : 1;
+  pl.pack = item_pack(p, pl.geo.bm, isa);
   pl.nqb = (p.seqlen_q * pl.pack + pl.geo.bm - 1) / pl.geo.bm;
   if (p.seq.varlen_q()) {  // validated tables: lengths in [0, seqlen_q]
     pl.qb_prefix.resize(static_cast<std::size_t>(p.batch) + 1);
@@ -261,6 +276,18 @@ inline std::size_t workspace_bytes(const Params& p, const Options& o = {}) {
 inline bool bf16_uses_amx(std::int64_t d, const Options& o = {}) {
   Isa i = Isa::none;
   return select_isa(o.isa, &i).ok() && detail::amx_items(i, DType::bf16, d);
+}
+
+/// True when cpu::forward rounds P_1 and P_2 to bfloat16 before P V in sequence b (0 <= b <
+/// batch; validated params) with these options: bfloat16 items on AMX tiles (bf16_uses_amx), and
+/// bfloat16 decode items on the avx512bf16 path (at most 16 rows, query tokens x the packed heads
+/// of a GQA group, and d a multiple of 32). Elsewhere P stays fp32 (relative error 2^-9 per term
+/// against 2^-24).
+inline bool bf16_rounds_p(const Params& p, std::int64_t b = 0, const Options& o = {}) {
+  Isa i = Isa::none;
+  if (p.dtype != DType::bf16 || !select_isa(o.isa, &i).ok()) return false;
+  if (detail::amx_items(i, DType::bf16, p.head_dim)) return true;
+  return detail::decode_items(i, DType::bf16, p.head_dim, p.q_len(b) * detail::item_pack(p, detail::kBlockM, i));
 }
 
 /// The tiled CPU forward. Validates first (validate(p, cpu::caps())); on error returns that

@@ -4,8 +4,11 @@
 // ones through target regions, cpu/detail/target.hpp), and the best one the CPU and the OS
 // support is chosen once per process:
 //
-//   amx       AVX-512 for f32/f16, bfloat16 products on AMX tiles (Intel Sapphire Rapids on)
-//   avx512    AVX-512 F/BW/DQ/VL, 16 lanes, 32 registers (Intel Skylake-SP on, AMD Zen 4 on)
+//   amx         AVX-512 for f32/f16, bfloat16 products on AMX tiles (Intel Sapphire Rapids on)
+//   avx512bf16  AVX-512 with AVX512_BF16: bfloat16 decode (at most 16 query rows per sequence)
+//               on vdpbf16ps dot products with the keys along the lanes, the rest as avx512
+//               (AMD Zen 4 on, Intel Cooper Lake)
+//   avx512      AVX-512 F/BW/DQ/VL, 16 lanes, 32 registers (Intel Skylake-SP on, AMD Zen 4 on)
 //   avx2      AVX2 + FMA + F16C, 8 lanes, 16 registers (AMD Zen 1-3, Intel Haswell on)
 //   neon      aarch64 Advanced SIMD, 4 lanes, 32 registers
 //   portable  4-lane GCC/Clang vectors at the includer's own flags, any CPU
@@ -42,6 +45,7 @@
 #include "diffattn/cpu/isa/amx.hpp"
 #include "diffattn/cpu/isa/avx2.hpp"
 #include "diffattn/cpu/isa/avx512.hpp"
+#include "diffattn/cpu/isa/avx512bf16.hpp"
 #include "diffattn/cpu/isa/neon.hpp"
 #include "diffattn/cpu/isa/portable.hpp"
 
@@ -54,15 +58,16 @@ DIFFATTN_NAMESPACE_BEGIN
 namespace cpu {
 
 /// The instruction-set paths of the CPU backend (see the top of this file).
-enum class Isa : int { automatic = 0, portable, avx2, avx512, amx, neon, none };
+enum class Isa : int { automatic = 0, portable, avx2, avx512, amx, neon, avx512bf16, none };
 
-/// "portable", "avx2", "avx512", "amx", "neon"; "auto" for Isa::automatic, "none" for none.
+/// "portable", "avx2", "avx512", "avx512bf16", "amx", "neon"; "auto" for Isa::automatic, "none" for none.
 inline const char* isa_name(Isa i) {
   switch (i) {
     case Isa::automatic: return "auto";
     case Isa::portable: return "portable";
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
+    case Isa::avx512bf16: return "avx512bf16";
     case Isa::amx: return "amx";
     case Isa::neon: return "neon";
     default: return "none";
@@ -70,7 +75,7 @@ inline const char* isa_name(Isa i) {
 }
 
 /// Every concrete path, best first.
-inline constexpr Isa kAllIsas[] = {Isa::amx, Isa::avx512, Isa::avx2, Isa::neon, Isa::portable};
+inline constexpr Isa kAllIsas[] = {Isa::amx, Isa::avx512bf16, Isa::avx512, Isa::avx2, Isa::neon, Isa::portable};
 
 namespace detail {
 
@@ -79,6 +84,7 @@ namespace detail {
 struct CpuFeatures {
   bool avx2 = false;    ///< AVX2, FMA, F16C, and the OS saves ymm
   bool avx512 = false;  ///< avx2 and AVX-512 F/BW/DQ/VL, the OS saves zmm and opmasks
+  bool avx512bf16 = false;  ///< avx512 and AVX512_BF16
   bool amx = false;     ///< avx512, AVX512_BF16, AMX-TILE, AMX-BF16, the OS grants tiles
 };
 
@@ -103,6 +109,7 @@ inline CpuFeatures detect_features() {
   const bool avx512bf16 = a & (1u << 5);
   f.avx2 = os_ymm && avx2 && fma && f16c;
   f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
+  f.avx512bf16 = f.avx512 && avx512bf16;
   f.amx = f.avx512 && avx512bf16 && amx_tile && amx_bf16 && os_tiles && amx_ready();
 #endif
   return f;
@@ -164,6 +171,7 @@ inline const Kernels* kernels(Isa i) {
 #if DIFFATTN_CPU_X86_TARGETS
     case Isa::avx2: { static const Kernels k = kernels_of<avx2::Entry>(i); return &k; }
     case Isa::avx512: { static const Kernels k = kernels_of<avx512::Entry>(i); return &k; }
+    case Isa::avx512bf16: { static const Kernels k = kernels_of<avx512bf16::Entry>(i); return &k; }
 #endif
 #if DIFFATTN_CPU_AMX
     case Isa::amx: { static const Kernels k = kernels_of<amx::Entry>(i); return &k; }
@@ -181,6 +189,11 @@ namespace detail {
 /// True when items of this element type and head dim run their products on AMX tiles on path i
 /// (amx::Entry::process), with Geometry::bm = kBlockMAmx.
 inline bool amx_items(Isa i, DType t, std::int64_t d) { return i == Isa::amx && t == DType::bf16 && amx_head_dim(d); }
+/// True when a sequence of `rows` rows (query tokens x packed heads) of this element type and
+/// head dim runs as bfloat16 decode items on path i (avx512bf16::decode_item).
+inline bool decode_items(Isa i, DType t, std::int64_t d, std::int64_t rows) {
+  return i == Isa::avx512bf16 && t == DType::bf16 && decode_shape(d, rows);
+}
 }  // namespace detail
 
 /// True when the path is compiled into this build (for this target and compiler).
@@ -193,6 +206,7 @@ inline bool isa_supported(Isa i) {
   switch (i) {
     case Isa::avx2: return f.avx2;
     case Isa::avx512: return f.avx512;
+    case Isa::avx512bf16: return f.avx512bf16;
     case Isa::amx: return f.amx;
     default: return true;  // portable; neon (compiled only for aarch64, where it is baseline)
   }
@@ -212,7 +226,7 @@ inline Status parse_isa(const char* name, Isa* out, const char* setting = "isa")
   for (Isa i : kAllIsas)
     if (s == isa_name(i)) { *out = i; return Status::Ok(); }
   return Status::Invalid(std::string(setting) + "=\"" + s +
-                         "\": not a CPU path (auto, amx, avx512, avx2, neon, portable)");
+                         "\": not a CPU path (auto, amx, avx512bf16, avx512, avx2, neon, portable)");
 }
 
 /// The path a call runs: `requested` when it is not Isa::automatic, else the environment

@@ -60,6 +60,13 @@ inline constexpr bool amx_head_dim(std::int64_t d) { return d % 32 == 0; }
 /// Keys per block of the stream. 64: S^T (16 KiB) and a block of K_1, K_2 (32 KiB at d = 64)
 /// stay in L1/L2 next to the O^T accumulators.
 inline constexpr int kBlockN = 64;
+/// Decode items: a sequence whose rows (query tokens x packed heads, Ctx::rows) number at most
+/// this runs, on paths with bfloat16 dot products (cpu/isa/avx512bf16.hpp), with its keys along
+/// the vector lanes instead of its queries (cpu::bf16_rounds_p says when).
+inline constexpr int kDecodeRows = 16;
+/// True when a bfloat16 sequence of `rows` rows (Ctx::rows) with head dim d runs as decode items
+/// on the paths that have them.
+inline constexpr bool decode_shape(std::int64_t d, std::int64_t rows) { return d % 32 == 0 && rows <= kDecodeRows; }
 
 inline constexpr std::int64_t round16(std::int64_t n) { return (n + 15) / 16 * 16; }
 
@@ -219,6 +226,26 @@ struct ItemKeys {
   /// Row j (key index of the sequence) of K_c and of V's half hv.
   const Elem* krow(int c, std::int64_t j) const { return kbase[c] + p->k_offset(*k[c], b, j); }
   const Elem* vrow(int hv, std::int64_t j) const { return vbase[hv] + p->k_offset(*v[hv], b, j); }
+  /// Rows [j0, j0 + n) of K_c, of V's half hv, into rows[0, n): one Params::k_offset per page
+  /// crossed (per row it would divide by the page size once per key).
+  void krows(int c, std::int64_t j0, int n, const Elem** rows) const {
+    each_row(*k[c], kbase[c], j0, n, [&](int j, const Elem* r) { rows[j] = r; });
+  }
+  void vrows(int hv, std::int64_t j0, int n, const Elem** rows) const {
+    each_row(*v[hv], vbase[hv], j0, n, [&](int j, const Elem* r) { rows[j] = r; });
+  }
+  /// f(j, row) for rows [j0, j0 + n) of the view t (base: its KV group's head offset), in order.
+  template <class F>
+  void each_row(const ConstTensorRef& t, const Elem* base, std::int64_t j0, int n, F&& f) const {
+    // page k holds rows [k ps, (k + 1) ps); unpaged rows are one run
+    const std::int64_t ps = p->seq.page_size;
+    for (int j = 0; j < n;) {
+      const int run = p->seq.block_table ? static_cast<int>(std::min<std::int64_t>(n - j, ps - (j0 + j) % ps)) : n - j;
+      const Elem* r = base + p->k_offset(t, b, j0 + j);
+      for (int i = 0; i < run; ++i) f(j + i, r + i * t.stride_t);
+      j += run;
+    }
+  }
 };
 
 template <class Elem>

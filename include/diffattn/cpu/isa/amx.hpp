@@ -62,6 +62,7 @@ namespace amx {
 
 using avx512::kW;
 using avx512::online_softmax;
+using avx512::transpose16;
 using avx512::Vec;
 using avx512::vload;
 using avx512::vmul;
@@ -79,31 +80,6 @@ inline void amx_configure() {
   TileConfig c;
   for (int t = 0; t < 6; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
   _tile_loadconfig(&c);
-}
-
-/// In-register transpose of a 16 x 16 block of 32-bit words.
-inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int k = 0; k < 8; ++k) {
-    t[2 * k] = _mm512_maskz_unpacklo_epi32(avx512::kAll, r[2 * k], r[2 * k + 1]);
-    t[2 * k + 1] = _mm512_maskz_unpackhi_epi32(avx512::kAll, r[2 * k], r[2 * k + 1]);
-  }
-  for (int k = 0; k < 4; ++k) {
-    r[4 * k + 0] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k], t[4 * k + 2]);
-    r[4 * k + 1] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k], t[4 * k + 2]);
-    r[4 * k + 2] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
-    r[4 * k + 3] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
-  }
-  for (int k = 0; k < 4; ++k) {
-    t[k] = _mm512_maskz_shuffle_i32x4(avx512::kAll, r[k], r[k + 4], 0x88);
-    t[k + 4] = _mm512_maskz_shuffle_i32x4(avx512::kAll, r[k], r[k + 4], 0xdd);
-    t[k + 8] = _mm512_maskz_shuffle_i32x4(avx512::kAll, r[k + 8], r[k + 12], 0x88);
-    t[k + 12] = _mm512_maskz_shuffle_i32x4(avx512::kAll, r[k + 8], r[k + 12], 0xdd);
-  }
-  for (int k = 0; k < 8; ++k) {
-    r[k] = _mm512_maskz_shuffle_i32x4(avx512::kAll, t[k], t[k + 8], 0x88);
-    r[k + 8] = _mm512_maskz_shuffle_i32x4(avx512::kAll, t[k], t[k + 8], 0xdd);
-  }
 }
 
 /// vt (dv, 64 keys) bf16 = V^T of keys [0, nj) (zero past nj): rows of 128 bytes. Pairs of keys

@@ -94,6 +94,31 @@ inline void to_float(const Elem* src, float* dst, std::int64_t n) {
   }
 }
 
+/// In-register transpose of a 16 x 16 block of 32-bit words.
+__attribute__((always_inline)) inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_maskz_unpacklo_epi32(kAll, r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_maskz_unpackhi_epi32(kAll, r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[4 * k + 0] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k], t[4 * k + 2]);
+    r[4 * k + 1] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k], t[4 * k + 2]);
+    r[4 * k + 2] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
+    r[4 * k + 3] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    t[k] = _mm512_maskz_shuffle_i32x4(kAll, r[k], r[k + 4], 0x88);
+    t[k + 4] = _mm512_maskz_shuffle_i32x4(kAll, r[k], r[k + 4], 0xdd);
+    t[k + 8] = _mm512_maskz_shuffle_i32x4(kAll, r[k + 8], r[k + 12], 0x88);
+    t[k + 12] = _mm512_maskz_shuffle_i32x4(kAll, r[k + 8], r[k + 12], 0xdd);
+  }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_maskz_shuffle_i32x4(kAll, t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_maskz_shuffle_i32x4(kAll, t[k], t[k + 8], 0xdd);
+  }
+}
+
 #include "diffattn/cpu/detail/algorithm.inl"
 
 }  // namespace avx512
