@@ -471,7 +471,7 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("peak/eigen_sgemm/N:2048", bm_eigen_sgemm)->Unit(benchmark::kMillisecond)->UseRealTime();
   for (bool qk : {true, false}) {
     for (da::cpu::Isa i : da::cpu::kAllIsas)
-      if (da::cpu::isa_supported(i) && i != da::cpu::Isa::amx)  // amx: the avx512 tiles for fp32
+      if (da::cpu::isa_supported(i) && i != da::cpu::Isa::amx && i != da::cpu::Isa::avx512bf16)  // the avx512 tiles for fp32
         benchmark::RegisterBenchmark((std::string("tile/") + da::cpu::isa_name(i) + (qk ? "_qk" : "_pv") + "/d:64").c_str(),
                                      [=](benchmark::State& s) { bm_tile(s, i, qk); });
     benchmark::RegisterBenchmark((std::string("tile/eigen") + (qk ? "_qk" : "_pv") + "/d:64").c_str(),
