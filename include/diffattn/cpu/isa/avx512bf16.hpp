@@ -104,7 +104,7 @@ struct Prefetch {
   const char* const* p = nullptr;
   const char* const* end = nullptr;
   void step() {
-    for (int i = 0; i < 2 && p < end; ++i, ++p) _mm_prefetch(*p, _MM_HINT_T0);
+    for (int i = 0; i < 2 && p < end; ++i, ++p) _mm_prefetch(*p, _MM_HINT_T1);
   }
   void rest() { while (p < end) step(); }
 };
