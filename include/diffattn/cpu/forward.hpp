@@ -9,7 +9,9 @@
 // fused, and the lambda combination, the norm, gamma and (1 - lambda_init) in the epilogue
 // (cpu/detail/item.hpp, cpu/detail/algorithm.inl). Math is fp32 for every element type: each
 // key block of K_1, K_2, V is copied (half and bfloat16 widened exactly) into a per-thread
-// scratch with padded rows. The inner loops are compiled for every instruction set the target
+// scratch with padded rows; except that bfloat16 on AMX tiles, and bfloat16 decode items (at
+// most 16 query rows per sequence) on the avx512bf16 path, multiply bf16 pairs with fp32 sums
+// and round P to bf16 for P V (bf16_rounds_p). The inner loops are compiled for every instruction set the target
 // has (cpu/isa/), whatever the includer's flags, and the best one the CPU runs is chosen at
 // run time (cpu/isa.hpp; Options::isa or DIFFATTN_CPU_ISA force one).
 //
