@@ -44,7 +44,7 @@ template <> constexpr double unit_roundoff<da::bfloat16>() { return 0x1p-8; }
 // rounds the unnormalised exp2(s - m) instead: the same 2^-9 relative error per term). Fills
 // the outputs of `pr` (out rounded to bf16, side outputs in fp32).
 void naive_bf16_p(Problem<da::bfloat16>& pr) {
-  const NaiveLowp n = naive_lowp_forward(pr, /*separate=*/true);
+  const NaiveLowp n = naive_lowp_forward(pr, /*separate=*/true, /*integer_max=*/true);
   for (std::size_t i = 0; i < n.out.size(); ++i) pr.out[i] = da::bfloat16(static_cast<float>(n.out[i]));
   auto to_float = [](const std::vector<double>& src, std::vector<float>& dst) {
     for (std::size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<float>(src[i]);
@@ -390,6 +390,37 @@ TEST_CASE("cpu forward: NaN in an input row shows up in that row's output") {
   REQUIRE(da::cpu::forward(p).ok());
   CHECK(std::isnan(a.out[3 * 64]));
   CHECK(std::isfinite(a.out[2 * 64]));
+}
+
+TEST_CASE("cpu forward: NaN in K, V or Q of a decode item reaches exactly the rows that use it") {
+  // bf16, one token, GQA 8:1 over two groups: one decode item holds both groups on avx512bf16
+  const i64 S = 100, H = 16, G = 2, d = 64;
+  const Shape s = shape(1, S, H, G, d, da::MaskKind::none);
+  auto out_nan = [&](const Problem<da::bfloat16>& pr, i64 h) {
+    bool any = false, all = true;
+    for (i64 ch = 0; ch < 2 * d; ++ch) {
+      const bool n = std::isnan(static_cast<float>(pr.out[h * 2 * d + ch]));
+      any = any || n;
+      all = all && n;
+    }
+    REQUIRE(any == all);  // a row is NaN in every channel (the norm spreads it) or in none
+    return any;
+  };
+  const auto nan = da::bfloat16(std::numeric_limits<float>::quiet_NaN());
+  for (int where = 0; where < 4; ++where) {
+    INFO("NaN in " << (where == 0 ? "K_1 of group 1" : where == 1 ? "K_2 of group 0" : where == 2 ? "V of group 0" : "Q_1 of head 11"));
+    Problem<da::bfloat16> pr(s, 77);
+    if (where == 0) pr.k[((37 * G + 1) * 2 + 0) * d + 5] = nan;
+    if (where == 1) pr.k[((99 * G + 0) * 2 + 1) * d + 63] = nan;  // the last key, second component
+    if (where == 2) pr.v[(64 * G + 0) * 2 * d + 100] = nan;       // first key of the second block
+    if (where == 3) pr.q[(11 * 2 + 0) * d + 17] = nan;
+    da::Params p = pr.params();
+    REQUIRE(da::cpu::forward(p).ok());
+    for (i64 h = 0; h < H; ++h) {
+      const bool want = where == 0 ? h / 8 == 1 : where == 3 ? h == 11 : h / 8 == 0;
+      CHECK_MESSAGE(out_nan(pr, h) == want, "head " << h);
+    }
+  }
 }
 
 TEST_CASE("cpu forward: bad input returns validate()'s status and writes nothing") {

@@ -32,7 +32,7 @@ da::LambdaTerms<float> naive_lambda_terms(const Problem<Elem>& pr, i64 h) {
 }
 
 template <class Elem>
-NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
+NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false, bool integer_max = false) {
   const Shape& s = pr.sh;
   const i64 N = s.N, S = s.S, H = s.H, d = s.d, dv = s.dv(), rep = s.H / s.Hkv;
   const da::NormKind norm = s.v2 ? da::NormKind::none : s.norm;
@@ -67,17 +67,29 @@ NaiveLowp naive_lowp_forward(const Problem<Elem>& pr, bool separate = false) {
           float sum = 0;
           for (i64 j = 0; j < S; ++j) if (vis(i, j)) sum += std::exp(sc[j] - mx);
           (c == 0 ? res.lse1 : res.lse2)[(b * H + h) * N + i] = sum > 0 ? mx + std::log(sum) : -INFINITY;
+          // integer_max (with separate): the CPU kernels that round P (AMX, decode items) round
+          // the unnormalised exp2(s log2(e) - m) against their running max m; decode items keep
+          // m an integer, rounded up, so their rounded P is round(exp2(s log2(e) - ceil(max)))
+          // up to exact powers of two: rounded here the same way, then normalised by the
+          // unrounded sum (else P is rounded after normalising, an independent rounding)
+          const float mq = std::ceil(mx * 1.44269504088896341f);
+          float sum2 = 0;
+          if (separate && integer_max)
+            for (i64 j = 0; j < S; ++j) if (vis(i, j)) sum2 += std::exp2(sc[j] * 1.44269504088896341f - mq);
           for (i64 j = 0; j < S; ++j)
             if (vis(i, j)) {
               pc[c][j] = std::exp(sc[j] - mx) / sum;
               p[j] += (c == 0 ? 1.f : -lambda) * pc[c][j];
+              if (separate)
+                pc[c][j] = integer_max ? float(from_double<Elem>(std::exp2(sc[j] * 1.44269504088896341f - mq))) / sum2
+                                       : float(from_double<Elem>(pc[c][j]));
             }
         }
         std::vector<float> a(dv, 0.f), o[2] = {std::vector<float>(dv, 0.f), std::vector<float>(dv, 0.f)};
         for (i64 j = 0; j < S; ++j) {
           if (separate) {  // O_c = round(P_c) V, then A = O_1 - lambda O_2
             for (int c = 0; c < 2; ++c) {
-              const float pj = float(from_double<Elem>(pc[c][j]));
+              const float pj = pc[c][j];  // rounded above
               for (i64 x = 0; x < dv; ++x) o[c][x] += pj * float(pr.v_at(b, j, g, x));
             }
           } else {

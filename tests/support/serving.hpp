@@ -325,7 +325,7 @@ Expected<Elem> expected(const Served<Elem>& sv) {
     const bool round_p = da::cpu::bf16_rounds_p(served, b);
     if constexpr (std::is_same_v<Elem, da::bfloat16>) {
       if (round_p) {
-        const NaiveLowp n = naive_lowp_forward(naive, /*separate=*/true);
+        const NaiveLowp n = naive_lowp_forward(naive, /*separate=*/true, /*integer_max=*/true);
         for (std::size_t i = 0; i < n.out.size(); ++i) naive.out[i] = da::bfloat16(static_cast<float>(n.out[i]));
         auto cp = [](const std::vector<double>& src, std::vector<float>& dst) {
           for (std::size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<float>(src[i]);

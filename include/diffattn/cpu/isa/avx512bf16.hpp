@@ -260,9 +260,14 @@ inline void softmax_rows(int r0, int r1, int nj, std::int64_t j0, bool full, con
         v[k] = _mm512_mask_blend_ps(ok, ninf, _mm512_loadu_ps(sr + 16 * k));
         mx = _mm512_maskz_max_ps(kAll, mx, v[k]);  // a NaN score propagates in its lane
       }
-      // the row max across lanes; a NaN score that the reduction drops still makes its P NaN
+      // the row max across lanes; a NaN score that the reduction drops still makes its P NaN.
+      // The running max is an integer (log2 units, rounded up): P = exp2(s c - m) then changes
+      // by powers of two only as m grows, so its rounding to bf16 is the rounding of
+      // exp2(s c - m_final) scaled exactly, whatever the block and split order (the tests'
+      // naive model rounds exactly that: tests/support/naive_lowp.hpp)
       const __m512 m_old = _mm512_set1_ps(m[c][r]);
-      const __m512 m_new = _mm512_maskz_max_ps(kAll, m_old, _mm512_mul_ps(_mm512_set1_ps(hmax(mx)), cv));
+      const __m512 m_blk = _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(_mm512_set1_ps(hmax(mx)), cv), _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+      const __m512 m_new = _mm512_maskz_max_ps(kAll, m_old, m_blk);
       const __m512 m_use = avx512::vfinite_or_zero(Vec{m_new}).v;  // no key yet: exponents stay -inf
       alpha[c][r] = _mm512_cvtss_f32(avx512::vexp2(Vec{_mm512_sub_ps(m_old, m_use)}).v);
       m[c][r] = _mm512_cvtss_f32(m_new);
