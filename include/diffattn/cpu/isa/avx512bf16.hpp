@@ -321,7 +321,9 @@ inline void decode_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int6
   std::fill(ds.o, ds.o + 2 * kDecodeRows * dv, 0.0f);
 
   const std::int64_t g0 = h / cx.rep;  // the item's first KV group
-  const ItemKeys<bfloat16> ik0 = item_keys<bfloat16>(cx, b, g0, i0, nr, s);  // key range and masks: every group's
+  ItemKeys<bfloat16> iks[kDecodeRows];  // each group's views; the key range and masks are every group's
+  for (int gi = 0; gi < ng; ++gi) iks[gi] = item_keys<bfloat16>(cx, b, g0 + gi, i0, nr, s);
+  const ItemKeys<bfloat16>& ik0 = iks[0];
   const int nk = p.is_v2() ? 1 : 2;  // V2's two query heads share one K
   const std::uint32_t* kt[2] = {ds.kt[0], ds.kt[nk - 1]};
   float* m[2] = {state.m[0], state.m[1]};
@@ -332,7 +334,7 @@ inline void decode_item(const Ctx& cx, std::int64_t b, std::int64_t h, std::int6
     const int nn = static_cast<int>(std::min<std::int64_t>(kBlockN, ik0.hi - j0 - kBlockN));  // keys of the next block
     const bool full = !cx.masked || (ik0.kb_last <= j0 && ik0.ke_first >= j0 + nj);
     for (int gi = 0; gi < ng; ++gi) {
-      const ItemKeys<bfloat16> ik = gi == 0 ? ik0 : item_keys<bfloat16>(cx, b, g0 + gi, i0, nr, s);
+      const ItemKeys<bfloat16>& ik = iks[gi];
       // the next block's rows of this group, prefetched two lines per key pair of P V while
       // this block computes (the rows of one group are strided, pages apart in a paged cache,
       // and the hardware prefetchers did not keep up: Zen 4, 2 threads, B = 16, S = 8192,
