@@ -318,7 +318,11 @@ part_bench() {
   local -a args=("--benchmark_out=$out/bench_cuda_forward.json" --benchmark_out_format=json
                  --benchmark_counters_tabular=true)
   if [ -n "${DIFFATTN_BENCH_FILTER:-}" ]; then args+=("--benchmark_filter=$DIFFATTN_BENCH_FILTER")
-  elif [ "$quick" = 1 ]; then args+=("--benchmark_filter=/N:(${ns_quick//,/|})(/|\$)"); fi
+  elif [ "$quick" = 1 ]; then
+    # the forward at the quick sizes, and the decode runs of the goal (B = 16, S = 8192)
+    # with the fused kernel on the same call and the copy bandwidth beside them
+    args+=("--benchmark_filter=/N:(${ns_quick//,/|})(/|\$)|cuda_decode.*/B:16/S:8192|peak/cuda_copy")
+  fi
   # DIFFATTN_BENCH_MIN_TIME: seconds of timed launches per run (Google Benchmark's default 0.5)
   [ -z "${DIFFATTN_BENCH_MIN_TIME:-}" ] || args+=("--benchmark_min_time=$DIFFATTN_BENCH_MIN_TIME")
   rm -f "$out/bench_cuda_forward.json"

@@ -17,8 +17,9 @@
 // (the deterministic option), counted by docs/SPEC.md's backward count (20 N S d per head, V2
 // 16), timed over the four kernels of one call, from the saved tensors of one forward.
 //
-// Decoding over a paged cache (d = 64): cuda_decode[_v2]/<dtype>/B:<B>/S:<S>, counters `bytes`
-// (K and V read per second), `tokens`, `flops`, beside peak/cuda_copy (see bm_decode).
+// Decoding over a paged cache (d = 64): cuda_decode[_v2]/<dtype>/B:<B>/S:<S> (cuda::forward: the
+// decoding path), cuda_decode_fused[_v2]/<dtype>/B:16/S:8192 (the fused kernel on the same call),
+// counters `bytes` (K and V read per second), `tokens`, `flops`, beside peak/cuda_copy.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -199,7 +200,7 @@ inline const char* mask_name(da::MaskKind m) {
 /// elements; V2 2 d), `tokens` (B per call) and `flops`. Beside it, peak/cuda_copy: a 1 GiB
 /// device-to-device copy (bytes read + written) on the same GPU.
 template <class Traits>
-void bm_decode(benchmark::State& state, std::int64_t B, std::int64_t S) {
+void bm_decode(benchmark::State& state, std::int64_t B, std::int64_t S, bool fused = false) {
   using Elem = typename Traits::Elem;
   if (!have_gpu()) {
     state.SkipWithError("no CUDA device");
@@ -250,18 +251,26 @@ void bm_decode(benchmark::State& state, std::int64_t B, std::int64_t S) {
   p.seq.block_table = static_cast<const std::int32_t*>(table);
   p.seq.seqused_k = static_cast<const std::int32_t*>(used);
   p.seq.max_pages = ppseq; p.seq.page_size = page; p.seq.num_pages = num_pages;
-  const da::Status s = da::cuda::forward_config<Traits>(p, nullptr);  // warm-up, validated
+  // cuda::forward (the decoding path: GQA packing, split-KV) in a workspace allocated once, or
+  // (fused) the fused kernel of Traits, one block of 128 rows per head, for comparison
+  const std::size_t ws_bytes = fused ? 0 : da::cuda::forward_workspace_bytes(p);
+  void* ws = nullptr;
+  if (ws_bytes > 0) cudaMalloc(&ws, ws_bytes);
+  const da::Status s = fused ? da::cuda::forward_config<Traits>(p, nullptr) : da::cuda::forward(p, ws, ws_bytes, nullptr);
   if (!s.ok()) {
     state.SkipWithError(s.to_string().c_str());
   } else {
-    time_launches(state, [&] { (void)da::cuda::detail::launch_forward<Traits>(p, nullptr); });
+    time_launches(state, [&] {
+      if (fused) (void)da::cuda::detail::launch_forward<Traits>(p, nullptr);
+      else (void)da::cuda::forward(p, ws, ws_bytes, nullptr);
+    });
     const double bytes = static_cast<double>(B * S * G * (v2 ? 2 : 4) * d * 2);
     state.counters["bytes"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["tokens"] = benchmark::Counter(static_cast<double>(B), benchmark::Counter::kIsIterationInvariantRate);
     state.counters["flops"] = benchmark::Counter(static_cast<double>(B * H * S * (v2 ? 8 : 12) * d),
                                                  benchmark::Counter::kIsIterationInvariantRate);
   }
-  for (void* x : {q, kc, vc, out, lam, gamma, table, used}) cudaFree(x);
+  for (void* x : {q, kc, vc, out, lam, gamma, table, used, ws}) cudaFree(x);
 }
 
 /// peak/cuda_copy: a 1 GiB device-to-device cudaMemcpy (bytes read + written per second).
@@ -296,6 +305,10 @@ void register_config(bool variant = false) {
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_decode<Traits>(st, B, S); })
             ->UseManualTime()->Unit(benchmark::kMicrosecond);
       }
+    // the fused kernel on the same call (what cuda::forward ran before its decoding path)
+    const std::string fname = std::string(Traits::kV2 ? "cuda_decode_fused_v2/" : "cuda_decode_fused/") + dtype + "/B:16/S:8192";
+    benchmark::RegisterBenchmark(fname.c_str(), [=](benchmark::State& st) { bm_decode<Traits>(st, 16, 8192, true); })
+        ->UseManualTime()->Unit(benchmark::kMicrosecond);
     if (Traits::kFmt == da::simt::fmt16::bf16 && !Traits::kV2)
       benchmark::RegisterBenchmark("peak/cuda_copy", bm_cuda_copy)->UseManualTime()->Unit(benchmark::kMillisecond);
   }

@@ -1,7 +1,8 @@
 # ctest script: every kernel entry of the CUDA device build in the ptxas logs must have
 # "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads". Each log in LOGS must hold
 # EXPECT_PER_LOG DiffAttnForwardKernel entries (the configuration's V1 and V2 kernels, per
-# architecture), and each BWD_SPECS entry "log=N" names a log that must hold N backward kernel
+# architecture) and EXPECT_DECODE decoding-path entries (DecodeSplitKernel, DecodeCombineKernel;
+# V1 and V2; per architecture), and each BWD_SPECS entry "log=N" names a log that must hold N backward kernel
 # entries (Bwd*Kernel: prepass, O_2 dot, the main kernel's parts, dQ convert, finish; V1 and V2;
 # per architecture). Prints each register count.
 set(bad 0)
@@ -40,6 +41,7 @@ function(scan_logs logs pattern expect)
   set(bad ${bad} PARENT_SCOPE)
 endfunction()
 scan_logs("${LOGS}" "DiffAttnForwardKernel" ${EXPECT_PER_LOG})
+scan_logs("${LOGS}" "Decode(Split|Combine)Kernel" ${EXPECT_DECODE})
 foreach(spec IN LISTS BWD_SPECS)
   if(NOT spec MATCHES "^(.*)=([0-9]+)$")
     message(FATAL_ERROR "bad BWD_SPECS entry ${spec}")

@@ -22,19 +22,13 @@
 #include "diffattn/core/status.hpp"
 #include "diffattn/core/validate.hpp"
 #include "diffattn/cuda/backward_kernel.hpp"
+#include "diffattn/cuda/forward.cuh"  // detail::device_sm_count, with_stream_workspace
 #include "diffattn/simt/launch.hpp"
 
 DIFFATTN_NAMESPACE_BEGIN
 namespace cuda {
 
 namespace detail {
-inline int device_sm_count() {
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return 1;
-  return sms > 0 ? sms : 1;
-}
-
 /// Validation and dispatch shared by the entry points: f(Traits{}, plan) for a valid call.
 template <class Fn>
 Status with_backward_plan(const BackwardParams& bp, Fn&& f) {
@@ -89,15 +83,9 @@ inline Status backward(const BackwardParams& bp, void* workspace, std::size_t wo
 
 /// The same, with the workspace allocated and freed in stream order (cudaMallocAsync).
 inline Status backward(const BackwardParams& bp, cudaStream_t stream = nullptr) {
-  const std::size_t bytes = backward_workspace_bytes(bp);
-  if (bytes == 0) return backward(bp, nullptr, 0, stream);  // reports why
-  void* ws = nullptr;
-  cudaError_t e = cudaMallocAsync(&ws, bytes, stream);
-  if (e != cudaSuccess) return Status::Internal(std::string("cuda backward workspace: ") + cudaGetErrorString(e));
-  const Status s = backward(bp, ws, bytes, stream);
-  e = cudaFreeAsync(ws, stream);
-  if (s.ok() && e != cudaSuccess) return Status::Internal(std::string("cuda backward workspace free: ") + cudaGetErrorString(e));
-  return s;
+  // bytes 0: backward() reports why
+  return detail::with_stream_workspace(backward_workspace_bytes(bp), stream, "cuda backward",
+                                       [&](void* ws, std::size_t bytes) { return backward(bp, ws, bytes, stream); });
 }
 
 /// One configuration (a user's own BackwardTraits): validated like backward() for that

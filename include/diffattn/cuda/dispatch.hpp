@@ -11,6 +11,7 @@
 #include "diffattn/core/params.hpp"
 #include "diffattn/core/status.hpp"
 #include "diffattn/core/validate.hpp"
+#include "diffattn/cuda/decode_kernel.hpp"
 #include "diffattn/cuda/traits.hpp"
 
 #ifdef DIFFATTN_CUDA_CONFIG_HEADER
@@ -60,7 +61,7 @@ inline BackendCaps caps() {
   c.align_bytes = 16;
   c.host_readable = false;
   c.max_seqlen = std::int64_t{1} << 30;  // tile indices and shared offsets are int
-  c.serving = true;  // varlen, seqused_k, paged (page_size a multiple of the key tiles), append
+  c.serving = true;  // varlen, seqused_k, paged, append, split-KV (decode_kernel.hpp)
   return c;
 }
 
@@ -81,19 +82,31 @@ Status dispatch_forward(DType dtype, std::int64_t head_dim, Variant variant, F&&
                              " (see DIFFATTN_CUDA_FORWARD_CONFIGS / the DIFFATTN_CUDA_HEAD_DIMS option)");
 }
 
-/// Checks what validate() cannot: options this kernel does not produce, grid limits.
+/// Checks what validate() cannot: options this kernel does not produce, grid limits. `decode`:
+/// the call takes the decoding path (decode_kernel.hpp: every d single pass, O_2, pages of any
+/// size, splits), whose limits these are instead of the fused kernel's.
 inline Status check_forward_support(const Params& p, std::int64_t block_m, bool single_pass, bool v2,
-                                    std::int64_t block_n, std::int64_t block_n1) {
+                                    std::int64_t block_n, std::int64_t block_n1, bool decode = false) {
   if (p.is_v2() != v2)
     return Status::Invalid(std::string("variant: this cuda configuration computes DIFF ") + (v2 ? "V2" : "V1") +
                                    " (ForwardTraits' V2 parameter) but the params ask for DIFF " +
                                    (p.is_v2() ? "V2" : "V1"));
+  if (!p.is_v2() && p.v_lo.stride_t != p.v_hi.stride_t && !decode)
+    return Status::Unsupported("v_lo, v_hi: the cuda forward needs V's two halves at the same token stride (got " +
+                               std::to_string(p.v_lo.stride_t) + " and " + std::to_string(p.v_hi.stride_t) + ")");
+  if (p.batch * p.heads > 65535)
+    return Status::Unsupported("batch * heads must be <= 65535 for the cuda forward (grid.y)");
+  if (decode) {
+    if (p.batch * p.kv_heads > 65535)
+      return Status::Unsupported("batch * kv_heads must be <= 65535 for the cuda forward's decoding path (grid.z)");
+    if ((p.seqlen_q * p.n_rep() + 15) / 16 > 65535)
+      return Status::Unsupported("seqlen_q * heads / kv_heads must be <= 1048560 for the cuda forward's decoding "
+                                 "path with splits (grid.y)");
+    return Status::Ok();
+  }
   if (p.extras.o2 != nullptr && !single_pass)
     return Status::Unsupported("extras.o2: this head dim runs the two-pass cuda forward (one accumulator), "
                                "which does not produce O_2");
-  if (!p.is_v2() && p.v_lo.stride_t != p.v_hi.stride_t)
-    return Status::Unsupported("v_lo, v_hi: the cuda forward needs V's two halves at the same token stride (got " +
-                               std::to_string(p.v_lo.stride_t) + " and " + std::to_string(p.v_hi.stride_t) + ")");
   // serving layouts: the tables are device memory (not checked here: see SeqParams); what the
   // kernel's tiling needs
   if (p.seq.paged() && !single_pass)
@@ -107,28 +120,34 @@ inline Status check_forward_support(const Params& p, std::int64_t block_m, bool 
                                " keys for this configuration (any multiple of 32 serves every configuration)");
   if (p.seq.num_splits > 1)
     return Status::Unsupported("seq.num_splits = " + std::to_string(p.seq.num_splits) +
-                               ": the cuda forward has no split-KV decoding yet (0 or 1)");
+                               ": the fused cuda kernel of a ForwardTraits (forward_config) does not split the keys; "
+                               "cuda::forward runs such calls on its decoding path");
   if (p.seq.append_kv && p.batch > 65535)
     return Status::Unsupported("batch must be <= 65535 for the cuda forward's append (grid.y)");
-  if (p.batch * p.heads > 65535)
-    return Status::Unsupported("batch * heads must be <= 65535 for the cuda forward (grid.y)");
   if ((p.seqlen_q + block_m - 1) / block_m > 2147483647)
     return Status::Unsupported("seqlen_q too large for the cuda forward's grid");
   return Status::Ok();
 }
 
+/// The decoding path's configuration beside a fused one (the same element type, d, variant).
+template <class Traits>
+using DecodeTraitsOf = DecodeTraits<Traits::kFmt, Traits::kHeadDim, Traits::kV2>;
+
 /// The steps every CUDA entry point takes: validate(p, caps), dispatch to the shipped
-/// configuration, check what validate cannot (check_forward_support), then launch(Traits{}).
-/// Any failing step returns its status and nothing is launched or written.
+/// configuration, plan the decoding path (on a device of `sms` SMs), check what validate cannot
+/// (check_forward_support), then launch(Traits{}, plan): the fused kernel of Traits, or, where
+/// plan.use, the decoding path of DecodeTraitsOf<Traits>. Any failing step returns its status
+/// and nothing is launched or written.
 template <class Launch>
-Status validate_and_dispatch(const Params& p, const BackendCaps& caps, Launch&& launch) {
+Status validate_and_dispatch(const Params& p, const BackendCaps& caps, int sms, Launch&& launch) {
   Status s = validate(p, caps);
   if (!s.ok()) return s;
   return dispatch_forward(p.dtype, p.head_dim, p.variant, [&](auto traits) {
     using Tr = decltype(traits);
-    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass, Tr::kV2, Tr::kBlockN, Tr::kBlockN1);
+    const DecodePlan plan = make_decode_plan<DecodeTraitsOf<Tr>>(p, sms);
+    Status sup = check_forward_support(p, Tr::kBlockM, Tr::kSinglePass, Tr::kV2, Tr::kBlockN, Tr::kBlockN1, plan.use);
     if (!sup.ok()) return sup;
-    return launch(traits);
+    return launch(traits, plan);
   });
 }
 

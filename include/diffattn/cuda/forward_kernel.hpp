@@ -93,6 +93,11 @@ inline ForwardArgs make_forward_args(const Params& p) {
   return a;
 }
 
+/// The row of (b, h, token 0) in the extras' layout ([B, H, N], or [H, total_q] packed).
+DIFFATTN_DEVICE std::int64_t extras_row(const ForwardArgs& a, std::int64_t b, std::int64_t h) {
+  return a.seq.cu_seqlens_q ? h * a.seq.total_q + a.seq.cu_seqlens_q[b] : (b * a.heads + h) * a.seqlen_q;
+}
+
 /// SeqParams::append_kv on the device, before the forward on the same stream: block (i, b)
 /// copies the new keys of token i of sequence b (every KV head of new_k1, new_k2, new_v_lo,
 /// new_v_hi; V2: the first two views only) to cache row seqused_k[b] + i, bit for bit.
@@ -187,7 +192,7 @@ struct DiffAttnForwardKernel {
       return static_cast<const std::uint16_t*>(r.ptr) + sq.k_offset(r.stride_b, r.stride_t, b, j) + kvg * r.stride_h;
     };
     // row of (h, token 0) of this sequence in the extras (computed after the key loop)
-    auto extras_row0 = [&] { return sq.cu_seqlens_q ? h * sq.total_q + sq.cu_seqlens_q[b] : (b * a.heads + h) * a.seqlen_q; };
+    auto extras_row0 = [&] { return extras_row(a, b, h); };
 
     const smem_ptr<std::uint16_t> smem = simt::shared_memory<std::uint16_t>();
     const smem_ptr<std::uint16_t> sQ[2] = {smem + T::kOffQ1, smem + T::kOffQ2};
