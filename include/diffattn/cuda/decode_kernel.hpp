@@ -27,16 +27,19 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "diffattn/core/lambda.hpp"
 #include "diffattn/core/mask.hpp"
 #include "diffattn/core/params.hpp"
+#include "diffattn/core/status.hpp"
 #include "diffattn/cuda/detail/epilogue.hpp"
 #include "diffattn/cuda/detail/softmax.hpp"
 #include "diffattn/cuda/detail/tile_loader.hpp"
 #include "diffattn/cuda/detail/warp_mma.hpp"
 #include "diffattn/cuda/forward_kernel.hpp"
+#include "diffattn/simt/config.hpp"
 #include "diffattn/simt/cp_async.hpp"
 #include "diffattn/simt/math.hpp"
 #include "diffattn/simt/smem.hpp"
