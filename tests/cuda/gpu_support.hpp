@@ -134,6 +134,66 @@ inline da::Params mirror_params(DeviceMirror& m, const da::Params& hp, bool outp
   return p;
 }
 
+/// The device copies of a serving call's inputs and outputs (Params::seq: packed queries,
+/// packed or paged or dense caches, the int32 tables; the cache is an output with append_kv).
+/// The tables are read on the host here (host params) to size the packed and paged views.
+inline da::Params mirror_serving_params(DeviceMirror& m, const da::Params& hp) {
+  da::Params p = hp;
+  const da::SeqParams& sq = hp.seq;
+  const std::int64_t B = p.batch, H = p.heads, G = p.kv_heads, d = p.head_dim, dv = hp.value_dim();
+  const std::size_t e = da::dtype_size(p.dtype), f = sizeof(float), i4 = sizeof(std::int32_t);
+  // query-side views: [B, N] dense or [total_q] packed (batch stride 0)
+  const std::int64_t qb = sq.varlen_q() ? 1 : B, qt = sq.varlen_q() ? sq.total_q : p.seqlen_q;
+  auto qspan = [&](const da::ConstTensorRef& r, std::int64_t heads, std::int64_t ch) {
+    return qt > 0 ? span_bytes(r, qb, qt, heads, ch, e) : 0;
+  };
+  // key-side views: pages, packed keys, or B dense caches of seqlen_k rows
+  auto kspan = [&](const da::ConstTensorRef& r, std::int64_t ch) {
+    if (sq.paged()) return span_bytes(r, sq.num_pages, sq.page_size, G, ch, e);
+    if (sq.varlen_k()) return span_bytes(r, 1, sq.total_k, G, ch, e);
+    return span_bytes(r, B, p.seqlen_k, G, ch, e);
+  };
+  m.mirror_views(p.q1.ptr, qspan(hp.q1, H, d), p.q2.ptr, qspan(hp.q2, H, d), false);
+  if (hp.k2.ptr != nullptr) m.mirror_views(p.k1.ptr, kspan(hp.k1, d), p.k2.ptr, kspan(hp.k2, d), sq.append_kv);
+  else p.k1.ptr = m.mirror(hp.k1.ptr, kspan(hp.k1, d), sq.append_kv);
+  if (hp.v_hi.ptr != nullptr) m.mirror_views(p.v_lo.ptr, kspan(hp.v_lo, d), p.v_hi.ptr, kspan(hp.v_hi, d), sq.append_kv);
+  else p.v_lo.ptr = m.mirror(hp.v_lo.ptr, kspan(hp.v_lo, d), sq.append_kv);
+  if (sq.append_kv) {
+    m.mirror_views(p.seq.new_k1.ptr, qspan(sq.new_k1, G, d), p.seq.new_k2.ptr, qspan(sq.new_k2, G, d), false);
+    m.mirror_views(p.seq.new_v_lo.ptr, qspan(sq.new_v_lo, G, d), p.seq.new_v_hi.ptr, qspan(sq.new_v_hi, G, d), false);
+  }
+  p.seq.cu_seqlens_q = static_cast<const std::int32_t*>(m.mirror(sq.cu_seqlens_q, (B + 1) * i4, false));
+  p.seq.cu_seqlens_k = static_cast<const std::int32_t*>(m.mirror(sq.cu_seqlens_k, (B + 1) * i4, false));
+  p.seq.seqused_k = static_cast<const std::int32_t*>(m.mirror(sq.seqused_k, B * i4, false));
+  p.seq.block_table = static_cast<const std::int32_t*>(
+      m.mirror(sq.block_table, static_cast<std::size_t>((B - 1) * sq.table_stride() + sq.max_pages) * i4, false));
+  p.lambda.logits.ptr = m.mirror(hp.lambda.logits.ptr, qspan(hp.lambda.logits, H, 1) / e * f, false);
+  const std::size_t lam = (hp.lambda.per_head ? H : 1) * d * f;
+  p.lambda.lq1 = m.mirror(hp.lambda.lq1, lam, false);
+  p.lambda.lk1 = m.mirror(hp.lambda.lk1, lam, false);
+  p.lambda.lq2 = m.mirror(hp.lambda.lq2, lam, false);
+  p.lambda.lk2 = m.mirror(hp.lambda.lk2, lam, false);
+  p.norm.gamma = m.mirror(hp.norm.gamma, 2 * d * f, false);
+  p.norm.beta = m.mirror(hp.norm.beta, 2 * d * f, false);
+  p.out.ptr = m.mirror(hp.out.ptr, qspan(hp.out, H, dv), true);
+  const std::size_t rows = static_cast<std::size_t>(H * (sq.varlen_q() ? sq.total_q : B * p.seqlen_q)) * f;
+  p.extras.lse1 = m.mirror(hp.extras.lse1, rows, true);
+  p.extras.lse2 = m.mirror(hp.extras.lse2, rows, true);
+  p.extras.rstd = m.mirror(hp.extras.rstd, rows, true);
+  p.extras.mean = m.mirror(hp.extras.mean, rows, true);
+  p.extras.attn = m.mirror(hp.extras.attn, rows * dv, true);
+  p.extras.o2 = m.mirror(hp.extras.o2, rows * dv, true);
+  return p;
+}
+
+/// The CUDA forward of a serving call on device copies of host params (outputs and, with
+/// append_kv, the cache copied back).
+inline da::Status serving_forward_on_gpu(const da::Params& hp) {
+  DeviceMirror m;
+  const da::Params p = mirror_serving_params(m, hp);
+  return finish(da::cuda::forward(p, nullptr), m);
+}
+
 /// The CUDA forward on device copies of host params (outputs copied back).
 inline da::Status forward_on_gpu(const da::Params& hp) {
   DeviceMirror m;

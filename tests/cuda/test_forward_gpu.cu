@@ -64,6 +64,20 @@ TEST_CASE("cuda forward on a GPU: every shipped configuration") {
 #undef DIFFATTN_X
 }
 
+TEST_CASE("cuda forward on a GPU: serving layouts, the decoding path (GQA packing, split-KV) and its exact merge") {
+  if (!have_gpu()) {
+    MESSAGE("SKIPPED: no CUDA device on this machine (the emulated tests cover the kernels)");
+    return;
+  }
+#define DIFFATTN_X(fmt, d)                                                                         \
+  check_forward_serving<da::cuda::ForwardTraits<da::simt::fmt16::fmt, d>>(serving_forward_on_gpu);   \
+  check_forward_serving<da::cuda::ForwardTraitsV2<da::simt::fmt16::fmt, d>>(serving_forward_on_gpu); \
+  check_forward_exact_p<da::cuda::ForwardTraits<da::simt::fmt16::fmt, d>>(serving_forward_on_gpu);   \
+  check_forward_exact_p<da::cuda::ForwardTraitsV2<da::simt::fmt16::fmt, d>>(serving_forward_on_gpu);
+  DIFFATTN_CUDA_FORWARD_CONFIGS(DIFFATTN_X)
+#undef DIFFATTN_X
+}
+
 TEST_CASE("cuda forward on a GPU: rejected input launches nothing and writes nothing") {
   // validation happens on the host before any device access, so this runs without a GPU too
   Shape s;
@@ -93,8 +107,8 @@ TEST_CASE("cuda forward on a GPU: forward_config validates like forward (odd str
   p = pr.params();
   p.extras.o2 = nullptr;
   p.head_dim = 32;  // not this configuration's
-  st = da::cuda::forward_config<Tr>(p, nullptr);
-  CHECK(!st.ok());
+  const da::Status st2 = da::cuda::forward_config<Tr>(p, nullptr);
+  CHECK(!st2.ok());
   for (auto x : pr.out) REQUIRE(std::isnan(static_cast<float>(x)));
 }
 
