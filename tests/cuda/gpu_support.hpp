@@ -96,6 +96,26 @@ inline da::Status finish(da::Status s, DeviceMirror& m) {
   return s;
 }
 
+/// The device copies of the side inputs (lambda vectors, gamma, beta) and, with rows > 0, of the
+/// extras of `rows` rows (LSE_1, LSE_2, rstd, mean; A and O_2 of dv channels), outputs.
+inline void mirror_side(DeviceMirror& m, da::Params& p, const da::Params& hp, std::size_t rows) {
+  const std::int64_t H = hp.heads, d = hp.head_dim, dv = hp.value_dim();
+  const std::size_t f = sizeof(float), lam = static_cast<std::size_t>((hp.lambda.per_head ? H : 1) * d) * f;
+  p.lambda.lq1 = m.mirror(hp.lambda.lq1, lam, false);
+  p.lambda.lk1 = m.mirror(hp.lambda.lk1, lam, false);
+  p.lambda.lq2 = m.mirror(hp.lambda.lq2, lam, false);
+  p.lambda.lk2 = m.mirror(hp.lambda.lk2, lam, false);
+  p.norm.gamma = m.mirror(hp.norm.gamma, 2 * d * f, false);
+  p.norm.beta = m.mirror(hp.norm.beta, 2 * d * f, false);
+  if (rows == 0) return;
+  p.extras.lse1 = m.mirror(hp.extras.lse1, rows * f, true);
+  p.extras.lse2 = m.mirror(hp.extras.lse2, rows * f, true);
+  p.extras.rstd = m.mirror(hp.extras.rstd, rows * f, true);
+  p.extras.mean = m.mirror(hp.extras.mean, rows * f, true);
+  p.extras.attn = m.mirror(hp.extras.attn, rows * dv * f, true);
+  p.extras.o2 = m.mirror(hp.extras.o2, rows * dv * f, true);
+}
+
 /// The device copies of a forward's inputs (and of its outputs when `outputs`).
 inline da::Params mirror_params(DeviceMirror& m, const da::Params& hp, bool outputs) {
   da::Params p = hp;
@@ -114,22 +134,11 @@ inline da::Params mirror_params(DeviceMirror& m, const da::Params& hp, bool outp
     p.v_lo.ptr = m.mirror(hp.v_lo.ptr, span_bytes(hp.v_lo, B, S, G, d, e), false);
   }
   p.lambda.logits.ptr = m.mirror(hp.lambda.logits.ptr, span_bytes(hp.lambda.logits, B, N, H, 1, f), false);
-  const std::size_t lam = (hp.lambda.per_head ? H : 1) * d * f;
-  p.lambda.lq1 = m.mirror(hp.lambda.lq1, lam, false);
-  p.lambda.lk1 = m.mirror(hp.lambda.lk1, lam, false);
-  p.lambda.lq2 = m.mirror(hp.lambda.lq2, lam, false);
-  p.lambda.lk2 = m.mirror(hp.lambda.lk2, lam, false);
-  p.norm.gamma = m.mirror(hp.norm.gamma, 2 * d * f, false);
-  p.norm.beta = m.mirror(hp.norm.beta, 2 * d * f, false);
   if (outputs) {
     p.out.ptr = m.mirror(hp.out.ptr, span_bytes(hp.out, B, N, H, dv, e), true);
-    const std::size_t rows = B * H * N * f;
-    p.extras.lse1 = m.mirror(hp.extras.lse1, rows, true);
-    p.extras.lse2 = m.mirror(hp.extras.lse2, rows, true);
-    p.extras.rstd = m.mirror(hp.extras.rstd, rows, true);
-    p.extras.mean = m.mirror(hp.extras.mean, rows, true);
-    p.extras.attn = m.mirror(hp.extras.attn, rows * dv, true);
-    p.extras.o2 = m.mirror(hp.extras.o2, rows * dv, true);
+    mirror_side(m, p, hp, static_cast<std::size_t>(B * H * N));
+  } else {
+    mirror_side(m, p, hp, 0);  // the side inputs only
   }
   return p;
 }
@@ -168,21 +177,8 @@ inline da::Params mirror_serving_params(DeviceMirror& m, const da::Params& hp) {
   p.seq.block_table = static_cast<const std::int32_t*>(
       m.mirror(sq.block_table, static_cast<std::size_t>((B - 1) * sq.table_stride() + sq.max_pages) * i4, false));
   p.lambda.logits.ptr = m.mirror(hp.lambda.logits.ptr, qspan(hp.lambda.logits, H, 1) / e * f, false);
-  const std::size_t lam = (hp.lambda.per_head ? H : 1) * d * f;
-  p.lambda.lq1 = m.mirror(hp.lambda.lq1, lam, false);
-  p.lambda.lk1 = m.mirror(hp.lambda.lk1, lam, false);
-  p.lambda.lq2 = m.mirror(hp.lambda.lq2, lam, false);
-  p.lambda.lk2 = m.mirror(hp.lambda.lk2, lam, false);
-  p.norm.gamma = m.mirror(hp.norm.gamma, 2 * d * f, false);
-  p.norm.beta = m.mirror(hp.norm.beta, 2 * d * f, false);
   p.out.ptr = m.mirror(hp.out.ptr, qspan(hp.out, H, dv), true);
-  const std::size_t rows = static_cast<std::size_t>(H * (sq.varlen_q() ? sq.total_q : B * p.seqlen_q)) * f;
-  p.extras.lse1 = m.mirror(hp.extras.lse1, rows, true);
-  p.extras.lse2 = m.mirror(hp.extras.lse2, rows, true);
-  p.extras.rstd = m.mirror(hp.extras.rstd, rows, true);
-  p.extras.mean = m.mirror(hp.extras.mean, rows, true);
-  p.extras.attn = m.mirror(hp.extras.attn, rows * dv, true);
-  p.extras.o2 = m.mirror(hp.extras.o2, rows * dv, true);
+  mirror_side(m, p, hp, static_cast<std::size_t>(H * (sq.varlen_q() ? sq.total_q : B * p.seqlen_q)));
   return p;
 }
 
