@@ -19,6 +19,7 @@
 // 1) picks the run; each case prints its seed, so a failure is replayed with the same seed.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -545,7 +546,9 @@ bool one_cuda_serving(std::uint64_t seed, dt::Serve s) {
     }
     // the fused kernel (more than 64 rows per KV group, no splits) reads whole key tiles from a
     // page: give it pages it can read (the suites check its rejection of the others)
-    const da::Params p0 = dt::Served<typename da::cuda::ForwardTraits<F, D>::Elem>(s, seed).params();
+    da::Params p0;  // what takes_decode_path reads: the longest query run, heads, groups, splits
+    p0.seqlen_q = std::max<i64>(*std::max_element(s.nq.begin(), s.nq.end()), 1);
+    p0.heads = s.H; p0.kv_heads = s.Hkv; p0.seq.num_splits = s.num_splits;
     if (s.page_size > 0 && !da::cuda::takes_decode_path(p0)) s.page_size = 64;
     auto run = [](const da::Params& p) { return da::cuda::emulated_forward(p); };
     if (s.v2) dt::check_forward_served<da::cuda::ForwardTraitsV2<F, D>>(s, seed, run);

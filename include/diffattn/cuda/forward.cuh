@@ -144,9 +144,15 @@ inline Status forward(const Params& p, void* workspace, std::size_t workspace_by
 
 /// The CUDA forward: validate, dispatch, launch on `stream`; the decoding path's workspace (if
 /// the call takes it) allocated and freed in stream order (cudaMallocAsync / cudaFreeAsync).
+/// One validation and one plan per call (a decode step is a few microseconds of GPU time).
 inline Status forward(const Params& p, cudaStream_t stream = nullptr) {
-  return detail::with_stream_workspace(forward_workspace_bytes(p), stream, "cuda forward",
-                                       [&](void* ws, std::size_t bytes) { return forward(p, ws, bytes, stream); });
+  return validate_and_dispatch(p, caps(), detail::device_sm_count(), [&](auto traits, const DecodePlan& plan) {
+    using Tr = decltype(traits);
+    if (!plan.use) return detail::launch_forward<Tr>(p, stream);
+    return detail::with_stream_workspace(plan.bytes, stream, "cuda forward", [&](void* ws, std::size_t bytes) {
+      return detail::launch_decode<DecodeTraitsOf<Tr>>(p, plan, ws, bytes, stream);
+    });
+  });
 }
 
 }  // namespace cuda
